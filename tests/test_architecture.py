@@ -13,7 +13,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sim", "ingest", "detectors", "rules", "alerts", "storage")
-VOCABULARY = {"domain", "errors", "registry", "batch", "contract", "logs", "types", "clock"}
+VOCABULARY = {
+    "domain",
+    "errors",
+    "registry",
+    "batch",
+    "contract",
+    "logs",
+    "types",
+    "clock",
+    "deadletter",
+}
 ALLOWED = {
     "vocabulary": set(),
     "sim": set(),

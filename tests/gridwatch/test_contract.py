@@ -39,7 +39,9 @@ def _assert_same(wire: c.WireBatch, ids, ts, fields) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(list(DeviceKind)), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+@given(
+    kind=st.sampled_from(list(DeviceKind)), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1)
+)
 def test_binary_round_trip(kind: DeviceKind, n: int, seed: int) -> None:
     ids, ts, fields = _random_batch(kind, n, seed)
     payload = c.encode_binary(kind, ids, ts, fields)
@@ -47,7 +49,9 @@ def test_binary_round_trip(kind: DeviceKind, n: int, seed: int) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(list(DeviceKind)), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+@given(
+    kind=st.sampled_from(list(DeviceKind)), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1)
+)
 def test_json_batch_round_trip(kind: DeviceKind, n: int, seed: int) -> None:
     ids, ts, fields = _random_batch(kind, n, seed)
     payload = c.encode_json_batch(kind, ids, ts, fields)
@@ -64,8 +68,7 @@ def test_device_json_round_trip(kind: DeviceKind, n: int, seed: int) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(payload=st.binary(max_size=300), batch=st.booleans(),
-       kind=st.sampled_from(list(DeviceKind)))
+@given(payload=st.binary(max_size=300), batch=st.booleans(), kind=st.sampled_from(list(DeviceKind)))
 def test_decoder_raises_only_payload_error(payload: bytes, batch: bool, kind: DeviceKind) -> None:
     info = c.TopicInfo("g1", kind, None if batch else "d1")
     for data in (payload, c.BINARY_MAGIC + payload):
@@ -83,10 +86,16 @@ def test_thingsboard_shapes() -> None:
     assert one.ts_ms.tolist() == [1780000000000]
     assert one.fields["level_m"].tolist() == [1.5]
     assert np.isnan(one.fields["rain_mmph"][0])
-    many = c.decode(info, orjson.dumps([
-        {"ts": 1, "values": {"level_m": 1.0, "tilt_deg": 0}},
-        {"ts": 2, "values": {"level_m": 2.0, "tilt_deg": 0, "rain_mmph": 12}},
-    ]), NOW)
+    many = c.decode(
+        info,
+        orjson.dumps(
+            [
+                {"ts": 1, "values": {"level_m": 1.0, "tilt_deg": 0}},
+                {"ts": 2, "values": {"level_m": 2.0, "tilt_deg": 0, "rain_mmph": 12}},
+            ]
+        ),
+        NOW,
+    )
     assert many.ts_ms.tolist() == [1, 2]
     assert many.fields["rain_mmph"][1] == 12
     flat = c.decode(info, b'{"level_m": 0.7, "tilt_deg": 1.5}', NOW)
@@ -95,15 +104,20 @@ def test_thingsboard_shapes() -> None:
 
 def test_row_errors_keep_good_rows() -> None:
     info = c.TopicInfo("g1", DeviceKind.SEWAGE, None)
-    payload = orjson.dumps({
-        "ts": [1, 2, "x", 4, 5],
-        "device": ["a", "b", "c", 7, "e"],
-        "values": {"level_m": [1.0, "high", 1.0, 1.0, None], "tilt_deg": [0, 0, 0, 0, 0]},
-    })
+    payload = orjson.dumps(
+        {
+            "ts": [1, 2, "x", 4, 5],
+            "device": ["a", "b", "c", 7, "e"],
+            "values": {"level_m": [1.0, "high", 1.0, 1.0, None], "tilt_deg": [0, 0, 0, 0, 0]},
+        }
+    )
     wire = c.decode(info, payload, NOW)
     assert [c.RowError(e) for e in wire.row_error] == [
-        c.RowError.OK, c.RowError.NON_NUMERIC, c.RowError.NON_NUMERIC,
-        c.RowError.BAD_DEVICE_ID, c.RowError.MISSING_FIELD,
+        c.RowError.OK,
+        c.RowError.NON_NUMERIC,
+        c.RowError.NON_NUMERIC,
+        c.RowError.BAD_DEVICE_ID,
+        c.RowError.MISSING_FIELD,
     ]
     assert wire.fields["level_m"][0] == 1.0
 
@@ -135,11 +149,16 @@ def test_binary_batch_of_wrong_kind_or_truncated() -> None:
 def test_topics() -> None:
     assert c.telemetry_topic("g1", "sewage", "sw1") == "gw/v1/g1/sewage/sw1/telemetry"
     assert c.parse_topic("gw/v1/g1/sewage/sw1/telemetry") == c.TopicInfo(
-        "g1", DeviceKind.SEWAGE, "sw1")
+        "g1", DeviceKind.SEWAGE, "sw1"
+    )
     assert c.parse_topic("x/v1/g1/elevator/batch", root="x").is_batch
     assert c.alert_topic("g1", Grade.RED) == "gw/v1/g1/alerts/red"
-    for bad in ("gw/v1/g1/alerts/red", "gw/v1/g1/lift/d/telemetry", "gw/v2/g1/sewage/batch",
-                "gw/v1/g1/sewage/d/status"):
+    for bad in (
+        "gw/v1/g1/alerts/red",
+        "gw/v1/g1/lift/d/telemetry",
+        "gw/v2/g1/sewage/batch",
+        "gw/v1/g1/sewage/d/status",
+    ):
         with pytest.raises(PayloadError, match="bad_topic"):
             c.parse_topic(bad)
     assert c.subscription_filters(["g1"]) == ["gw/v1/g1/+/+/telemetry", "gw/v1/g1/+/batch"]

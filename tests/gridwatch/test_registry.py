@@ -77,12 +77,14 @@ def test_bad_rows_are_refused_with_a_reason(tmp_path: Path, row: str, message: s
 
 def test_duplicate_ids_and_broken_tree_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "reg.csv"
-    path.write_text(f"{HEADER}\ne1,elevator,s1,c1,g1,b1,10,3,1,,,10\n"
-                    "e1,elevator,s1,c1,g1,b1,10,3,1,,,10\n")
+    path.write_text(
+        f"{HEADER}\ne1,elevator,s1,c1,g1,b1,10,3,1,,,10\ne1,elevator,s1,c1,g1,b1,10,3,1,,,10\n"
+    )
     with pytest.raises(RegistryError, match="appears more than once"):
         Registry.load(path)
-    path.write_text(f"{HEADER}\ne1,elevator,s1,c1,g1,b1,10,3,1,,,10\n"
-                    "e2,elevator,s1,c2,g1,b1,10,3,1,,,10\n")
+    path.write_text(
+        f"{HEADER}\ne1,elevator,s1,c1,g1,b1,10,3,1,,,10\ne2,elevator,s1,c2,g1,b1,10,3,1,,,10\n"
+    )
     with pytest.raises(RegistryError, match="grid 'g1' appears under two parents"):
         Registry.load(path)
 
@@ -90,8 +92,11 @@ def test_duplicate_ids_and_broken_tree_are_refused(tmp_path: Path) -> None:
 def test_full_district_shape() -> None:
     reg = build_fleet(FleetSpec(n_devices=48_000))
     counts = {k: int(np.count_nonzero(reg.kind == k.code)) for k in DeviceKind}
-    assert counts == {DeviceKind.ELEVATOR: 6_000, DeviceKind.SEWAGE: 30_000,
-                      DeviceKind.HIGHFALL: 12_000}
+    assert counts == {
+        DeviceKind.ELEVATOR: 6_000,
+        DeviceKind.SEWAGE: 30_000,
+        DeviceKind.HIGHFALL: 12_000,
+    }
     assert reg.grid_ids.size == 120
     assert reg.street_ids.size == 12
     # Same seed, same fleet.
