@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gridwatch.cli import main
+from gridwatch.config import load_settings, mask_url, parse_partition
+from gridwatch.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(__import__("os").environ):
+        if key.startswith("GRIDWATCH_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_need_nothing() -> None:
+    s = load_settings()
+    assert s.mqtt.url is None
+    assert s.storage.url.startswith("sqlite:///")
+    assert s.pipeline.workers == 1
+
+
+def test_file_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[sim]\ndevices = 100\nspeed = 2.0\n[storage]\nurl = "sqlite:///x.db"\n')
+    assert load_settings(cfg).sim.devices == 100
+    monkeypatch.setenv("GRIDWATCH_SIM__DEVICES", "200")
+    s = load_settings(cfg)
+    assert (s.sim.devices, s.sim.speed, s.storage.url) == (200, 2.0, "sqlite:///x.db")
+    s = load_settings(cfg, sim={"devices": 300})
+    assert (s.sim.devices, s.sim.speed) == (300, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[storage]\nurl = "mysql://x"\n', r"storage.url = 'mysql://x': .*sqlite:/// or postgresql://"),
+        ("[pipeline]\nworkers = 0\n", r"pipeline.workers = 0: .*greater than or equal to 1"),
+        ('[pipeline]\npartition = "3/2"\n', r"pipeline.partition = '3/2': .*k/N"),
+        ('[mqtt]\nurl = "http://x"\n', r"mqtt.url = 'http://x': .*mqtt://host"),
+        ("[mqtt]\nqos = 2\n", r"mqtt.qos = 2"),
+        ("[sim]\nbogus = 1\n", r"sim.bogus: unknown setting"),
+        ("[sim\n", r"not valid TOML"),
+    ],
+)
+def test_mistakes_name_file_key_and_value(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_settings(cfg)
+    assert str(cfg) in str(err.value)
+
+
+def test_secrets_are_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[mqtt]\npassword = "topsecret"\n'
+                   '[storage]\nurl = "postgresql://gw:hunter2@db/test"\n')
+    s = load_settings(cfg)
+    assert "topsecret" not in repr(s)
+    assert main(["config", "show", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "topsecret" not in out and "hunter2" not in out
+    assert "postgresql://gw:***@db/test" in out
+
+
+def test_helpers() -> None:
+    assert mask_url("postgresql://u:p@h:5432/d") == "postgresql://u:***@h:5432/d"
+    assert mask_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert parse_partition("1/3") == (1, 3)
+    assert parse_partition(None) is None
+    with pytest.raises(ConfigError):
+        parse_partition("x")
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
