@@ -42,7 +42,7 @@ class MqttSettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     ca_file: Path | None = Field(default=None, description="CA bundle for mqtts://")
-    qos: Literal[0, 1] = 1
+    qos: int = Field(default=1, ge=0, le=1, description="subscription QoS, 0 or 1")
 
     @field_validator("url")
     @classmethod
@@ -79,11 +79,42 @@ class SimSettings(_Section):
     devices: int = Field(default=20_000, ge=1, description="simulated fleet size")
     speed: float = Field(default=1.0, gt=0, description="simulated seconds per wall second")
     seed: int = 20261126
+    demo_faults: bool = Field(
+        default=True,
+        description="inject a first fault of every kind within the first minute (a newcomer "
+        "sees alerts at once); the random faults start after the simulator's warm-up",
+    )
+    fault_scale: float = Field(default=1.0, ge=0, description="multiplies every fault rate")
 
 
 class PipelineSettings(_Section):
     workers: int = Field(default=1, ge=1, le=64, description="worker processes (split by grid)")
     partition: str | None = Field(default=None, description="k/N: this process's share of grids")
+    metrics_host: str = Field(default="127.0.0.1", description="address of /metrics and /status")
+    metrics_port: int | None = Field(
+        default=9108, ge=0, le=65535, description="Prometheus port; 0 = any free port, unset = off"
+    )
+    checkpoint_interval_s: float = Field(
+        default=300.0, gt=0, description="detector state is saved this often (and at stop)"
+    )
+    tick_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="timer checks (offline, clears, escalation)"
+    )
+    health_timeout_s: float = Field(
+        default=30.0, gt=0, description="a worker silent this long is killed and restarted"
+    )
+    writer_memory_rows: int = Field(
+        default=500_000, ge=1000, description="readings the database writer holds in memory"
+    )
+    delay_storage_after_rows: int = Field(
+        default=200_000,
+        ge=0,
+        description="with more readings than this waiting for the database, new ones go to the "
+        "local backlog on disk first (storage is delayed, alerts are not)",
+    )
+    backlog_max_bytes: int = Field(
+        default=8 << 30, ge=1 << 20, description="disk the storage backlog may use"
+    )
 
     @field_validator("partition")
     @classmethod

@@ -107,6 +107,7 @@ class DetectionKind(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     STUCK = "stuck"
     OFFLINE = "offline"
+    STOPPED_BETWEEN_FLOORS = "stopped_between_floors"
 
     @property
     def code(self) -> int:

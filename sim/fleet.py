@@ -62,6 +62,8 @@ class FleetSpec:
 
 
 def _ids(prefix: str, n: int, width: int) -> npt.NDArray[np.str_]:
+    if n == 0:
+        return np.zeros(0, dtype=np.str_)
     nums = np.char.zfill(np.arange(1, n + 1).astype(np.str_), width)
     return np.char.add(prefix, nums)
 

@@ -1,0 +1,317 @@
+"""Generic checks for every device: streaming anomaly score, plausible range, stuck, offline.
+
+The per-field checks are configured per device kind (``[generic.channels.KIND.FIELD]``);
+the offline check covers every device of the registry and runs on a timer (``tick``),
+vectorised over the whole fleet, because a silent device sends nothing to react to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors._core import KindIndex, StateArrays, checked_state, device_rounds
+from detectors.config import ChannelParams, GenericParams
+from detectors.robust import RobustScorer
+from gridwatch.batch import Detections, ReadingBatch
+from gridwatch.domain import DetectionKind, DeviceKind
+from gridwatch.registry import Registry
+
+MS_PER_S = 1000
+
+
+def split_unit(field: str) -> tuple[str, str]:
+    """``"vibration_mps2"`` -> ``("vibration", "mps2")``: evidence names keep the unit last."""
+    base, _, unit = field.rpartition("_")
+    return (base, unit) if base else (field, "")
+
+
+def evidence_name(field: str, what: str) -> str:
+    base, unit = split_unit(field)
+    return f"{base}_{what}_{unit}" if unit else f"{base}_{what}"
+
+
+def registry_bound(
+    registry: Registry, devices: npt.NDArray[np.int32], ref: str
+) -> npt.NDArray[Any]:
+    if ref == "shaft_top_m":
+        return (registry.floors[devices].astype(np.float64) - 1) * registry.floor_height_m[devices]
+    return np.asarray(getattr(registry, ref)[devices], dtype=np.float64)
+
+
+class _Stuck(StateArrays):
+    """Run of identical values per device, packed in one uint64 per device.
+
+    Bits 32-63 hold the last value's float32 bits, bits 8-31 the run's start in seconds
+    from ``epoch_ms`` (mod 2^24, about 194 days: runs are measured correctly up to that),
+    bits 0-7 the readings in the run (saturating at 255). One gather and one scatter a
+    batch instead of three of each.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.run_ = np.full(n, _NAN_BITS << 32, dtype=np.uint64)
+        self.epoch_ms_ = np.full(1, -1, dtype=np.int64)
+
+
+_NAN_BITS = 0x7FC00000
+_START_MASK = (1 << 24) - 1
+
+
+@dataclass
+class _Channel:
+    field: str
+    params: ChannelParams
+    scorer: RobustScorer | None
+    stuck: _Stuck | None
+    lo: float
+    hi: npt.NDArray[np.float64]  # per local device; inf when unbounded
+    hi_min: float = np.inf
+
+
+class GenericDetector:
+    """Checks every configured numeric channel of one device kind, plus fleet-wide offline.
+
+    One instance per device kind (``kind`` is set per instance); ``tick`` reports offline
+    devices of that kind.
+    """
+
+    kind: ClassVar[str] = "generic"
+
+    def __init__(self, registry: Registry, device_kind: DeviceKind, params: GenericParams) -> None:
+        self.params = params
+        self.device_kind = device_kind
+        self.index = KindIndex(registry, device_kind)
+        n = self.index.size
+        self._interval_ms = registry.interval_s[self.index.devices].astype(np.float64) * MS_PER_S
+        self.last_seen_ms_ = np.full(n, -1, dtype=np.int64)
+        self.started_ms_ = np.full(1, -1, dtype=np.int64)
+        self.channels: list[_Channel] = []
+        for field, cp in params.channels.get(device_kind, {}).items():
+            hi = np.full(n, np.inf if cp.hi is None else cp.hi, dtype=np.float64)
+            if cp.hi_ref is not None and cp.hi_ref_margin is not None:
+                ref = registry_bound(registry, self.index.devices, cp.hi_ref) + cp.hi_ref_margin
+                hi = np.fmin(hi, ref)  # NaN registry data leaves the fixed bound
+            ch = _Channel(
+                field=field,
+                params=cp,
+                scorer=None,
+                stuck=_Stuck(n) if cp.stuck_readings is not None else None,
+                lo=-np.inf if cp.lo is None else cp.lo,
+                hi=hi,
+            )
+            ch.hi_min = float(hi.min()) if hi.size else np.inf
+            if cp.score:
+                ch.scorer = RobustScorer(
+                    n,
+                    warmup_readings=params.warmup_readings,
+                    alpha=params.alpha,
+                    trend_beta=params.trend_beta,
+                    huber_k=params.huber_k,
+                    score_z_lo=params.score_z_lo,
+                    score_z_hi=params.score_z_hi,
+                    shift_z=params.shift_z,
+                    shift_readings=params.shift_readings,
+                    min_scale=cp.min_scale,
+                )
+            self.channels.append(ch)
+
+    @classmethod
+    def from_config(
+        cls, registry: Registry, device_kind: DeviceKind, params: GenericParams
+    ) -> GenericDetector:
+        return cls(registry, device_kind, params)
+
+    # -- state -------------------------------------------------------------------
+
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        out: dict[str, npt.NDArray[Any]] = {
+            "last_seen_ms_": self.last_seen_ms_.copy(),
+            "started_ms_": self.started_ms_.copy(),
+        }
+        for ch in self.channels:
+            for part, obj in (("score", ch.scorer), ("stuck", ch.stuck)):
+                if obj is not None:
+                    out.update({f"{ch.field}.{part}.{k}": v for k, v in obj.state().items()})
+        return out
+
+    def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        new = checked_state(f"generic[{self.device_kind.value}]", self.state(), state)
+        self.last_seen_ms_ = new["last_seen_ms_"]
+        self.started_ms_ = new["started_ms_"]
+        for ch in self.channels:
+            for part, obj in (("score", ch.scorer), ("stuck", ch.stuck)):
+                if obj is not None:
+                    prefix = f"{ch.field}.{part}."
+                    obj.load_state(
+                        {k[len(prefix) :]: v for k, v in new.items() if k.startswith(prefix)}
+                    )
+
+    # -- streaming ---------------------------------------------------------------
+
+    def update(self, batch: ReadingBatch) -> Detections:
+        return self.update_scores(batch)[0]
+
+    def update_scores(
+        self, batch: ReadingBatch
+    ) -> tuple[Detections, dict[str, npt.NDArray[np.float32]]]:
+        """Detections, and each scored channel's per-row anomaly score (NaN: not scored)."""
+        if batch.kind != self.device_kind:
+            raise ValueError(f"generic[{self.device_kind.value}] got a {batch.kind.value} batch")
+        n = len(batch)
+        scores = {
+            ch.field: np.full(n, np.nan, dtype=np.float32)
+            for ch in self.channels
+            if ch.scorer is not None
+        }
+        if n == 0:
+            return Detections.empty(), scores
+        loc = self.index.local(batch.device)
+        first = int(batch.ts_ms.min())  # a min: the same whatever the batching
+        if self.started_ms_[0] < 0 or first < self.started_ms_[0]:
+            self.started_ms_[0] = first
+        rounds = device_rounds(loc, self.index.size)
+        parts: list[Detections] = []
+        if rounds is None:
+            self._step(None, loc, batch, scores, parts)
+        else:
+            for rows in rounds:
+                self._step(rows, loc[rows], batch, scores, parts)
+        return Detections.concat(parts), scores
+
+    def _step(
+        self,
+        rows: npt.NDArray[np.intp] | None,
+        loc: npt.NDArray[np.int32],
+        batch: ReadingBatch,
+        scores: dict[str, npt.NDArray[np.float32]],
+        parts: list[Detections],
+    ) -> None:
+        ts = batch.ts_ms if rows is None else batch.ts_ms[rows]
+        self.last_seen_ms_[loc] = ts
+        devices = self.index.devices
+        for ch in self.channels:
+            col = batch.fields.get(ch.field)
+            if col is None:
+                continue
+            x = col if rows is None else col[rows]
+            ok = np.isfinite(x)
+            if not ok.all():
+                sel = np.flatnonzero(ok)
+                x, cloc, cts = x[sel], loc[sel], ts[sel]
+                out_rows = sel if rows is None else rows[sel]
+            else:
+                cloc, cts = loc, ts
+                out_rows = rows
+            if x.size == 0:
+                continue
+            x64 = x.astype(np.float64)
+            if ch.scorer is not None:
+                score, z, expected, scale = ch.scorer.update(cloc, x64)
+                if out_rows is None:
+                    scores[ch.field][:] = score
+                else:
+                    scores[ch.field][out_rows] = score
+                hit = np.flatnonzero(score >= self.params.emit_score)
+                if hit.size:
+                    parts.append(
+                        Detections.of(
+                            DetectionKind.ANOMALY_SCORE,
+                            devices[cloc[hit]],
+                            cts[hit],
+                            score[hit],
+                            **{
+                                ch.field: x64[hit],
+                                evidence_name(ch.field, "expected"): expected[hit],
+                                evidence_name(ch.field, "scale"): scale[hit],
+                                "z_sigmas": z[hit],
+                            },
+                        )
+                    )
+            # per-device upper bounds are gathered only for values above the lowest one
+            maybe = np.flatnonzero((x64 < ch.lo) | (x64 > ch.hi_min))
+            if maybe.size:
+                hi = ch.hi[cloc[maybe]]
+                xm = x64[maybe]
+                bad = np.flatnonzero((xm < ch.lo) | (xm > hi))
+                if bad.size:
+                    rows_bad = maybe[bad]
+                    parts.append(
+                        Detections.of(
+                            DetectionKind.OUT_OF_RANGE,
+                            devices[cloc[rows_bad]],
+                            cts[rows_bad],
+                            1.0,
+                            **{
+                                ch.field: xm[bad],
+                                evidence_name(ch.field, "min"): ch.lo,
+                                evidence_name(ch.field, "max"): hi[bad],
+                            },
+                        )
+                    )
+            if ch.stuck is not None:
+                parts.append(self._stuck(ch, ch.stuck, cloc, x, cts))
+
+    def _stuck(
+        self,
+        ch: _Channel,
+        st: _Stuck,
+        loc: npt.NDArray[np.int32],
+        x: npt.NDArray[Any],
+        ts: npt.NDArray[np.int64],
+    ) -> Detections:
+        if st.epoch_ms_[0] < 0:
+            st.epoch_ms_[0] = (int(ts.min()) // MS_PER_S) * MS_PER_S
+        packed = st.run_[loc]
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        same = (packed >> np.uint64(32)) == bits
+        now_s = ((ts - st.epoch_ms_[0]) // MS_PER_S).astype(np.uint64) & np.uint64(_START_MASK)
+        start = (packed >> np.uint64(8)) & np.uint64(_START_MASK)
+        count = packed & np.uint64(0xFF)
+        start = np.where(same, start, now_s)
+        count = np.where(same, np.minimum(count + np.uint64(1), np.uint64(0xFF)), np.uint64(1))
+        st.run_[loc] = (bits << np.uint64(32)) | (start << np.uint64(8)) | count
+        held_s = ((now_s - start) & np.uint64(_START_MASK)).astype(np.float64)
+        need = ch.params.stuck_readings or 0
+        min_s = ch.params.stuck_min_s or 0.0
+        hit = np.flatnonzero((count >= need) & (held_s >= min_s))
+        if hit.size == 0:
+            return Detections.empty()
+        return Detections.of(
+            DetectionKind.STUCK,
+            self.index.devices[loc[hit]],
+            ts[hit],
+            np.minimum(1.0, 0.5 * held_s[hit] / max(min_s, 1.0)),
+            **{
+                ch.field: x[hit],
+                "stuck_s": held_s[hit],
+                "repeats_count": count[hit].astype(np.float64),
+            },
+        )
+
+    # -- timer -------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> Detections:
+        """Offline devices of this kind at ``now_ms`` (device time base), every tick."""
+        if self.started_ms_[0] < 0:
+            self.started_ms_[0] = now_ms
+        limit = self._interval_ms * self.params.offline_factor
+        seen = self.last_seen_ms_ >= 0
+        ref = np.where(seen, self.last_seen_ms_, self.started_ms_[0])
+        silent = now_ms - ref
+        offline = (silent > limit) & (seen | self.params.offline_never_seen)
+        hit = np.flatnonzero(offline)
+        if hit.size == 0:
+            return Detections.empty()
+        return Detections.of(
+            DetectionKind.OFFLINE,
+            self.index.devices[hit],
+            now_ms,
+            np.minimum(1.0, silent[hit] / (2 * limit[hit])),
+            silent_s=silent[hit] / MS_PER_S,
+            interval_s=self._interval_ms[hit] / MS_PER_S,
+            last_seen_ms=np.where(seen[hit], self.last_seen_ms_[hit], np.nan),
+        )

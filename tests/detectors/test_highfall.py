@@ -1,0 +1,234 @@
+"""Falling-object detector: ballistic tracks vs birds, leaves, insects and rain."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from detectors.config import DetectorConfig, load_config
+from detectors.highfall import HighfallDetector, fit_tracks
+from gridwatch.batch import Detections, ReadingBatch
+from gridwatch.domain import DetectionKind, DeviceKind
+from gridwatch.registry import Registry
+from tests.detectors.conftest import T0, batch
+
+G = 9.81
+
+
+def track(  # noqa: PLR0917
+    reg: Registry,
+    device: str,
+    track_id: int,
+    t_s: np.ndarray,
+    h: np.ndarray,
+    x: np.ndarray,
+    *,
+    start_ms: int = T0,
+    end: bool = True,
+) -> ReadingBatch:
+    n = t_s.size
+    e = np.zeros(n)
+    if end:
+        e[-1] = 1.0
+    return batch(
+        reg,
+        DeviceKind.HIGHFALL,
+        [device] * n,
+        (start_ms + np.round(t_s * 1000)).astype(np.int64).tolist(),
+        track_id=[track_id] * n,
+        height_m=h.tolist(),
+        horizontal_m=x.tolist(),
+        end=e.tolist(),
+    )
+
+
+def drop(
+    floor: int,
+    *,
+    fh: float = 3.0,
+    frame_s: float = 0.05,
+    first_s: float = 0.15,
+    bottom_m: float = 1.0,
+    seed: int = 0,
+    toss_mps: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A flowerpot released from floor ``floor``'s window sill (1 m above its level)."""
+    rng = np.random.default_rng(seed)
+    h0 = (floor - 1) * fh + 1.0
+    t = np.arange(first_s, 20, frame_s)
+    h = h0 + toss_mps * t - G * t * t / 2
+    keep = h >= bottom_m
+    t, h = t[keep], h[keep]
+    return t, h + rng.normal(0, 0.05, t.size), 12.0 + 0.5 * t + rng.normal(0, 0.05, t.size)
+
+
+def falling(det: Detections) -> Detections:
+    return det.take(np.flatnonzero(det.kind == DetectionKind.FALLING_OBJECT.code))
+
+
+@pytest.fixture
+def hf(tiny: Registry, cfg: DetectorConfig) -> HighfallDetector:
+    return HighfallDetector(tiny, cfg.highfall)
+
+
+@pytest.mark.parametrize("floor", [3, 7, 12, 20])
+def test_dropped_object_is_found_with_its_origin_floor(
+    hf: HighfallDetector, tiny: Registry, floor: int
+) -> None:
+    t, h, x = drop(floor, seed=floor)
+    det = falling(hf.update(track(tiny, "hf1", 5, t, h, x)))
+    assert len(det) == 1
+    ev = det.rows()[0]["evidence"]
+    assert ev["origin_floor"] == floor
+    assert ev["release_height_m"] == pytest.approx((floor - 1) * 3.0 + 1.0, abs=0.5)
+    assert ev["g_fit_mps2"] == pytest.approx(G, abs=0.5)
+    assert ev["track_id"] == 5
+    assert ev["facade_x_m"] == pytest.approx(12.0, abs=0.3)
+    assert det.ts_ms[0] == T0 + round(t[-1] * 1000)  # with the last point: no wait
+    assert hf.open_tracks == 0
+
+
+def test_camera_that_misses_the_top_floors_back_extrapolates_the_release(
+    hf: HighfallDetector, tiny: Registry
+) -> None:
+    t, h, x = drop(18, first_s=1.2, seed=1)  # first seen ~7 m below the sill
+    ev = falling(hf.update(track(tiny, "hf1", 1, t, h, x))).rows()[0]["evidence"]
+    assert abs(ev["origin_floor"] - 18) <= 1
+
+
+def test_points_arrive_over_several_batches(hf: HighfallDetector, tiny: Registry) -> None:
+    t, h, x = drop(9, seed=2)
+    whole = track(tiny, "hf2", 77, t, h, x)
+    cuts = [0, 3, 4, 11, t.size]
+    dets = [hf.update(whole.take(np.arange(a, b))) for a, b in itertools.pairwise(cuts)]
+    assert [len(falling(d)) for d in dets] == [0, 0, 0, 1]
+    assert falling(dets[-1]).evidence["origin_floor"][0] == 9
+
+
+def test_interleaved_tracks_of_two_cameras(hf: HighfallDetector, tiny: Registry) -> None:
+    a = track(tiny, "hf1", 1, *drop(5, seed=3))
+    b = track(tiny, "hf2", 1, *drop(15, seed=4))
+    both = ReadingBatch.concat([a, b])
+    order = np.argsort(both.ts_ms, kind="stable")
+    det = falling(hf.update(both.take(order)))
+    got = dict(
+        zip(
+            tiny.device_ids[det.device].tolist(), det.evidence["origin_floor"].tolist(), strict=True
+        )
+    )
+    assert got == {"hf1": 5, "hf2": 15}
+
+
+def test_bird_track_is_rejected(hf: HighfallDetector, tiny: Registry) -> None:
+    t = np.arange(0, 3, 0.05)
+    x = 5 + 9.0 * t  # flying along the facade at 9 m/s
+    h = 30 - 2.0 * t + 0.2 * np.sin(2 * np.pi * 4 * t)  # gliding down, wings flapping
+    assert len(falling(hf.update(track(tiny, "hf1", 2, t, h, x)))) == 0
+
+
+def test_bird_diving_steeply_is_rejected(hf: HighfallDetector, tiny: Registry) -> None:
+    t = np.arange(0, 1.5, 0.05)
+    h = 40 - 6.0 * t - 4.9 * t * t  # curved like a fall...
+    x = 10 + 8.0 * t  # ...but moving 8 m/s sideways
+    assert len(falling(hf.update(track(tiny, "hf1", 3, t, h, x)))) == 0
+
+
+def test_leaf_fluttering_down_is_rejected(hf: HighfallDetector, tiny: Registry) -> None:
+    t = np.arange(0, 6, 0.05)
+    h = 20 - 1.2 * t + 0.2 * np.sin(4 * t)
+    x = 8 + 1.0 * np.sin(2 * t)
+    assert len(falling(hf.update(track(tiny, "hf1", 4, t, h, x)))) == 0
+
+
+def test_rain_streak_at_constant_speed_is_rejected(hf: HighfallDetector, tiny: Registry) -> None:
+    rng = np.random.default_rng(5)
+    t = np.arange(0, 0.6, 0.04)
+    h = 25 - 8.0 * t + rng.normal(0, 0.05, t.size)
+    x = 4 + 0.2 * t
+    assert len(falling(hf.update(track(tiny, "hf1", 5, t, h, x)))) == 0
+
+
+def test_insect_jitter_is_rejected(hf: HighfallDetector, tiny: Registry) -> None:
+    rng = np.random.default_rng(6)
+    t = np.arange(0, 0.8, 0.05)
+    h = 10 + np.cumsum(rng.normal(0, 0.4, t.size))
+    x = 3 + np.cumsum(rng.normal(0, 0.4, t.size))
+    assert len(falling(hf.update(track(tiny, "hf1", 6, t, h, x)))) == 0
+
+
+def test_track_without_end_closes_on_the_timer(hf: HighfallDetector, tiny: Registry) -> None:
+    t, h, x = drop(6, seed=7)
+    assert len(hf.update(track(tiny, "hf1", 8, t, h, x, end=False))) == 0
+    assert hf.open_tracks == 1
+    last = T0 + round(t[-1] * 1000)
+    assert len(hf.tick(last + 1_000)) == 0  # track_timeout_s = 2 s
+    det = falling(hf.tick(last + 2_001))
+    assert det.evidence["origin_floor"].tolist() == [6]
+    assert hf.open_tracks == 0
+
+
+def test_heartbeats_and_nan_points_are_ignored(hf: HighfallDetector, tiny: Registry) -> None:
+    nan = float("nan")
+    b = batch(
+        tiny,
+        DeviceKind.HIGHFALL,
+        ["hf1", "hf2", "hf1"],
+        [T0, T0, T0 + 100],
+        track_id=[0, 0, 9],
+        height_m=[nan, nan, nan],
+        horizontal_m=[nan, nan, nan],
+        end=[nan, nan, nan],
+    )
+    assert len(hf.update(b)) == 0
+    assert hf.open_tracks == 0
+
+
+def test_long_track_keeps_its_first_points(tiny: Registry) -> None:
+    cfg = load_config(overrides={"highfall": {"max_points": 16}})
+    hf = HighfallDetector(tiny, cfg.highfall)
+    t, h, x = drop(20, frame_s=0.04, seed=8)  # ~85 points
+    det = falling(hf.update(track(tiny, "hf1", 1, t, h, x)))
+    assert det.evidence["points_count"].tolist() == [16]
+    assert det.evidence["origin_floor"].tolist() == [20]
+
+
+def test_pool_beyond_max_tracks_closes_the_oldest(tiny: Registry) -> None:
+    cfg = load_config(overrides={"highfall": {"max_tracks": 16}})
+    hf = HighfallDetector(tiny, cfg.highfall)
+    for k in range(20):
+        t, h, x = drop(6, seed=k)
+        hf.update(track(tiny, "hf1", k + 1, t, h, x, start_ms=T0 + k * 10_000, end=False))
+    assert hf.open_tracks == 16
+    assert sorted((hf.state()["key_"] & 0xFFFFFFFF).tolist()) == list(range(5, 21))
+
+
+def test_pool_grows_past_its_initial_size(tiny: Registry, cfg: DetectorConfig) -> None:
+    hf = HighfallDetector(tiny, cfg.highfall)
+    t, h, x = drop(4, seed=1)
+    parts = [track(tiny, "hf1", k + 1, t, h, x, end=False) for k in range(300)]
+    hf.update(ReadingBatch.concat(parts))
+    assert hf.open_tracks == 300
+    det = falling(hf.tick(T0 + 60_000))
+    assert len(det) == 300
+    assert set(det.evidence["origin_floor"].tolist()) == {4}
+
+
+def test_fit_matches_numpy_polyfit() -> None:
+    rng = np.random.default_rng(11)
+    m, p = 50, 40
+    n = rng.integers(5, p + 1, m)
+    t = np.sort(rng.uniform(0, 3, (m, p)), axis=1)
+    h = 80 + rng.normal(0, 2, (m, 1)) * t - rng.uniform(2, 6, (m, 1)) * t**2
+    h += rng.normal(0, 0.1, (m, p))
+    x = 5 + rng.normal(0, 1, (m, 1)) * t + rng.normal(0, 0.1, (m, p))
+    w = (np.arange(p)[None, :] < n[:, None]).astype(float)
+    res = fit_tracks(t, h, x, w)
+    for i in range(m):
+        k = int(n[i])
+        c2, _, _ = np.polyfit(t[i, :k], h[i, :k], 2)
+        e1, _ = np.polyfit(t[i, :k], x[i, :k], 1)
+        assert res["g_mps2"][i] == pytest.approx(-2 * c2, rel=1e-8)
+        assert res["horizontal_speed_mps"][i] == pytest.approx(e1, rel=1e-8)
+        assert res["duration_s"][i] == pytest.approx(t[i, k - 1] - t[i, 0])
