@@ -253,6 +253,31 @@ class ReadingWriter:
                 self._flushing -= 1
             return done()
 
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until every accepted row is durable: committed, or spilled to an fsynced file.
+
+        Unlike ``flush`` this does not wait for the database to come back: during an outage
+        it makes the worker spill what it holds at once. A collector acknowledges its
+        broker after ``sync``, so acknowledgements go on while the database is down, and
+        what was acknowledged survives a crash (the next writer replays the spill files).
+        False on timeout.
+        """
+
+        def done() -> bool:
+            return self._c["outstanding"] == 0
+
+        def dead() -> bool:
+            return self._thread is None or not self._thread.is_alive()
+
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: done() or dead(), timeout=timeout)
+            finally:
+                self._flushing -= 1
+            return done()
+
     def stop(self, timeout: float | None = 30.0) -> None:
         """Write what can be written within ``timeout`` s, spill the rest, end the thread."""
         with self._cond:
@@ -329,7 +354,9 @@ class ReadingWriter:
             self._spill_memory(force=True)
             return True
         if self._down:
-            self._spill_memory()
+            with self._cond:
+                syncing = self._flushing > 0
+            self._spill_memory(force=syncing)
             if self.clock.monotonic() < self._retry_at:
                 self._wait(self._retry_at - self.clock.monotonic())
                 return False
@@ -488,8 +515,6 @@ class ReadingWriter:
             runs = self._retry + list(self._mem)
             self._mem.clear()
             self._mem_rows = 0
-        self._mem_since = 0.0  # when the oldest row now in memory arrived (clock.monotonic)
-        self._flushing = 0  # callers waiting in flush(): write partial chunks at once
         n = sum(len(r) for r in runs)
         self._spill.write(runs)
         self._retry = []

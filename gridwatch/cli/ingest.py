@@ -54,8 +54,13 @@ def _register_ingest(sub: Any) -> None:
         "reuse it after a restart to get what was queued meanwhile",
     )
     p.add_argument("--root", default=contract.DEFAULT_ROOT, help="topic root (default gw)")
-    store = p.add_argument_group("where accepted readings go (one required)")
-    store.add_argument("--db", help="storage URL: postgresql://... or sqlite:///path.db")
+    store = p.add_argument_group("where accepted readings go")
+    store.add_argument(
+        "--db",
+        help="storage URL: postgresql://... or sqlite:///path.db (default: storage.url of "
+        "the configuration, sqlite:///./data/gridwatch.db)",
+    )
+    store.add_argument("--config", type=Path, help="TOML configuration file (for --db)")
     store.add_argument("--out", type=Path, help="append-only reading log file")
     store.add_argument(
         "--dead-letters",
@@ -104,8 +109,12 @@ def _ingest(args: argparse.Namespace) -> int:
     from ingest.mqtt import MqttCollector, MqttSettings
     from ingest.partition import collector_filters, parse_partition
 
-    if (args.db is None) == (args.out is None):
-        raise ConfigError("give exactly one of --db URL or --out FILE")
+    if args.db is not None and args.out is not None:
+        raise ConfigError("give --db URL or --out FILE, not both")
+    if args.out is None and args.db is None:
+        from gridwatch.config import load_settings
+
+        args.db = load_settings(args.config).storage.url
     registry = Registry.load(args.registry)
     partition = parse_partition(args.partition) if args.partition else None
     grids = [g.strip() for g in args.grids.split(",") if g.strip()] if args.grids else None
@@ -146,6 +155,12 @@ def _ingest(args: argparse.Namespace) -> int:
             f"--flush-messages {cfg.flush_messages} must be at most half of "
             f"--receive-maximum {settings.receive_maximum}: a flush's messages stay "
             "unacknowledged until it is stored"
+        )
+    if settings.protocol == "3.1.1":
+        log.warning(
+            "MQTT 3.1.1: the broker's max_inflight_messages must be at least twice "
+            "--flush-messages, or the collector waits for acknowledgements it holds back",
+            extra={"flush_messages": cfg.flush_messages},
         )
 
     prom = CollectorRegistry(auto_describe=True)
@@ -244,8 +259,9 @@ def _open_stores(
 
 
 class _WriterSink:
-    """``storage.ReadingWriter`` as a durable batch sink: ``sync`` waits for the commit,
-    so a flush is acknowledged only once the database (or its spill files) has it."""
+    """``storage.ReadingWriter`` as a durable batch sink: ``sync`` waits until the rows are
+    committed or spilled to fsynced files, so a flush is acknowledged only once they are
+    durable, and acknowledgements go on while the database is down."""
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
@@ -254,8 +270,8 @@ class _WriterSink:
         self.writer.submit(batch)
 
     def sync(self) -> None:
-        while not self.writer.flush(timeout=5.0):
-            log.warning("waiting for the database before acknowledging")
+        while not self.writer.sync(timeout=5.0):
+            log.warning("waiting for the reading writer before acknowledging")
 
 
 # -- gridwatch broker-auth -------------------------------------------------------------
@@ -322,9 +338,10 @@ def _broker_auth(args: argparse.Namespace) -> int:
 
 def _register_deadletters(sub: Any) -> None:
     p = sub.add_parser("deadletters", help="list refused input: counts by reason, latest records")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--db", help="storage URL")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--db", help="storage URL (default: storage.url of the configuration)")
     src.add_argument("--file", type=Path, help="dead-letter log written by gridwatch ingest --out")
+    p.add_argument("--config", type=Path, help="TOML configuration file (for --db)")
     p.add_argument("--reason", help="only this reason")
     p.add_argument("--since-s", type=float, help="only the last N seconds")
     p.add_argument("--show", type=int, default=10, help="latest records to print (0 = none)")
@@ -351,9 +368,11 @@ def _deadletters(args: argparse.Namespace) -> int:
         counts = {r: (records[r], rows[r]) for r, _ in records.most_common()}
         latest = sorted(letters, key=lambda d: d.received_ms, reverse=True)[: args.show]
     else:
+        from gridwatch.config import load_settings
         from storage import open_storage
 
-        with open_storage(args.db) as store:
+        url = args.db or load_settings(args.config).storage.url
+        with open_storage(url) as store:
             counts = store.dead_letter_counts(since_ms=since_ms)
             if args.reason is not None:
                 counts = {k: v for k, v in counts.items() if k == args.reason}

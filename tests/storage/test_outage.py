@@ -106,9 +106,18 @@ def test_terminated_backend_reconnects_without_loss(
         ) as w,
         psycopg.connect(pg_url, autocommit=True) as admin,
     ):
+
+        def writer_backends() -> int:
+            return int(
+                admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+                ).fetchone()[0]
+            )
+
         for i, b in enumerate(batches):
             w.submit(b, timeout=30)
             if i % 7 == 3:
+                _wait_until(lambda: writer_backends() > 0)  # (re)connected: kill it again
                 killed += admin.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE application_name = %s",
@@ -136,6 +145,62 @@ def test_pool_reports_an_outage_and_recovers(pg_storage: Storage, pg_url: str) -
             with pytest.raises(StorageError, match="unavailable: no connection within"):
                 s.dead_letter_counts()
             proxy.restore()
+            _wait_until(lambda: _answers(s))  # the pool reconnects on its own back-off
+
             assert s.dead_letter_counts() == {}
         finally:
             s.close()
+
+
+def _answers(storage: Storage) -> bool:
+    from gridwatch.errors import StorageError
+
+    try:
+        storage.dead_letter_counts()
+    except StorageError:
+        return False
+    return True
+
+
+def test_sync_makes_rows_durable_on_disk_while_the_database_is_down(
+    pg_storage: Storage, small_registry: Registry, tmp_path: Path, pg_url: str
+) -> None:
+    """``sync`` returns during an outage (rows spilled, fsynced), ``flush`` does not; a
+    writer stopped in the outage leaves files that the next writer replays exactly once."""
+    assert isinstance(pg_storage, PostgresStorage)
+    keys = pg_storage.save_registry(small_registry)
+    batch = synthetic_batch(small_registry, DeviceKind.SEWAGE, start_ms=T0, rounds=2, seed=9)
+    spill = tmp_path / "spill"
+    with TcpProxy.for_url(pg_url)[0] as proxy:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test"
+        via_proxy = open_storage(url, schema=pg_storage.schema, pool_min=0)
+        w = ReadingWriter(
+            via_proxy,
+            keys,
+            spill_dir=spill,
+            commit_rows=100_000,
+            max_memory_rows=200_000,
+            retry_initial_s=0.05,
+            retry_max_s=0.2,
+        ).start()
+        try:
+            proxy.cut()
+            w.submit(batch, timeout=30)  # far below the memory bound: would sit in memory
+            assert w.sync(timeout=60)
+            st = w.stats()
+            assert st.outstanding_rows == 0
+            assert st.spilled_rows == len(batch)
+            assert list(spill.glob("*.npz"))
+            assert not w.flush(timeout=0.5)  # committed? no: the database is still away
+        finally:
+            w.stop(timeout=1)
+            via_proxy.close()
+    assert reading_count(pg_storage, DeviceKind.SEWAGE) == 0
+    again = ReadingWriter(pg_storage, keys, spill_dir=spill).start()
+    try:
+        assert again.flush(timeout=60)
+    finally:
+        again.stop()
+    assert reading_count(pg_storage, DeviceKind.SEWAGE) == len(batch)
+    assert duplicate_keys(pg_storage, DeviceKind.SEWAGE) == 0
+    assert not list(spill.glob("*.npz"))
