@@ -153,12 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--fault-scale", type=float, default=None, help="multiply fault rates")
     ap.add_argument("--config", type=Path, default=None, help="detector config TOML")
-    ap.add_argument("--plot", type=Path, default=Path("quality.png"), help="PNG output")
+    ap.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("bench/out/quality.png"),
+        help="PNG output (default bench/out/quality.png, git-ignored)",
+    )
     args = ap.parse_args(argv)
     tune_allocator()
     devices = args.devices or (8_000 if args.quick else 50_000)
     scale = args.fault_scale or (6.0 if args.quick else 1.0)
     result = run(devices, args.hours, args.seed, scale, args.config)
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(result, args.plot)
     for k, v in result["per_fault"].items():
         print(

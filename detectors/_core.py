@@ -6,7 +6,13 @@ of them, so the hot path processes a batch in *rounds*: round ``k`` holds every 
 ``k``-th reading of the batch, so within a round each device appears once and plain
 gather/scatter is exact. Readings of one device keep their order, and a batch split in two
 gives the same state as the whole. The common case (each device at most once) is one round
-and costs a single ``bincount``.
+found by a counting sort.
+
+Why device order: per-device state arrays are far larger than a batch's columns (the
+sewage ring alone is 72 MB), and random gathers/scatters into them dominated the cost.
+Each round's rows are visited in ascending local index, so state is walked forwards and
+the hardware prefetcher hides the memory latency; the batch's few columns are permuted
+once instead (``BatchPlan``, shared by the kind detector and the generic checks).
 """
 
 from __future__ import annotations
@@ -17,11 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gridwatch.batch import ReadingBatch
 from gridwatch.domain import DeviceKind
 from gridwatch.registry import Registry
-
-_SMALL_BATCH_RATIO = 64
-"""Below n_local / 64 rows, finding repeats by sorting is cheaper than a full bincount."""
 
 
 class KindIndex:
@@ -30,22 +34,24 @@ class KindIndex:
     ``local_of[device]`` is the device's position among devices of ``kind`` (-1 for other
     kinds); ``devices[local]`` maps back. Arrays sized to the kind, not the whole registry,
     use 8x less memory for elevators and stay in cache, which makes gathers faster.
+    Local indexes are ``intp``: numpy converts any other index dtype to it on every
+    fancy-index operation (measured: +0.5 ms per gather of 300,000 rows).
     """
 
     def __init__(self, registry: Registry, kind: DeviceKind) -> None:
         self.kind = kind
         mask = registry.kind == kind.code
         self.devices: npt.NDArray[np.int32] = np.flatnonzero(mask).astype(np.int32)
-        self.local_of: npt.NDArray[np.int32] = np.full(len(registry), -1, dtype=np.int32)
-        self.local_of[self.devices] = np.arange(self.devices.size, dtype=np.int32)
+        self.local_of: npt.NDArray[np.intp] = np.full(len(registry), -1, dtype=np.intp)
+        self.local_of[self.devices] = np.arange(self.devices.size, dtype=np.intp)
 
     @property
     def size(self) -> int:
         return int(self.devices.size)
 
-    def local(self, device: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+    def local(self, device: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:
         """Local indexes of ``device``; raises when a device is not of this kind."""
-        loc = self.local_of[device]
+        loc = np.take(self.local_of, device)  # faster than local_of[device] for int32
         if loc.size and int(loc.min()) < 0:
             bad = device[loc < 0]
             raise ValueError(
@@ -55,35 +61,158 @@ class KindIndex:
         return loc
 
 
-def device_rounds(loc: npt.NDArray[np.int32], n_local: int) -> list[npt.NDArray[np.intp]] | None:
-    """Row groups in which each device appears at most once, in within-device order.
+def device_rounds(
+    loc: npt.NDArray[np.integer[Any]], n_local: int
+) -> list[npt.NDArray[np.intp]] | None:
+    """Row groups in which each device appears at most once, each in device order.
 
-    Returns ``None`` when no device repeats (the whole batch is one round). Otherwise
-    ``rounds[k]`` are the rows holding each device's ``k``-th reading, ascending.
+    ``rounds[k]`` are the rows holding each device's ``k``-th reading, sorted by local
+    index (ties cannot occur), so the detectors' gathers and scatters into per-device
+    state walk memory forwards instead of at random: a full-fleet batch in random device
+    order then costs one permutation of its few columns instead of random accesses into
+    every state array (measured: 0.3 vs 1.2-1.8 ms per 300,000-row gather). Returns
+    ``None`` when the rows are already in strictly ascending device order (one round,
+    no permutation needed).
 
     >>> device_rounds(np.array([3, 1, 3, 2, 3], np.int32), 4)
-    [array([0, 1, 3]), array([2]), array([4])]
+    [array([1, 3, 0]), array([2]), array([4])]
+    >>> device_rounds(np.array([0, 2, 5]), 6) is None
+    True
     """
+    rounds = _rounds(loc, n_local)
+    return None if rounds is None else [rows for rows, _ in rounds]
+
+
+def _rounds(
+    loc: npt.NDArray[np.integer[Any]], n_local: int
+) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]] | None:
+    """``device_rounds`` with each round's local indexes (ascending) beside its rows."""
     n = loc.size
-    if n <= 1:
+    if n == 0:
+        return []
+    if n == 1 or _ascending(loc):
         return None
-    if n * _SMALL_BATCH_RATIO < n_local:
-        if np.unique(loc).size == n:
-            return None
-    elif int(np.bincount(loc, minlength=n_local).max()) <= 1:
-        return None
-    order = np.argsort(loc, kind="stable")
+    if n * 2 >= n_local:
+        # counting sort: each row's number at its device's slot, read back in device order
+        # (passes over every device of the kind: for batches of at least half of them)
+        slot = np.full(n_local, -1, dtype=np.int32)
+        slot[loc] = np.arange(n, dtype=np.int32)
+        present = slot >= 0
+        rows = slot[present]
+        if rows.size == n:
+            return [(rows.astype(np.intp), np.flatnonzero(present))]
+        order = _stable_order(loc, n_local)
+    else:
+        order = _stable_order(loc, n_local)
+        s = loc[order]
+        if bool((s[1:] != s[:-1]).all()):
+            return [(order, s.astype(np.intp))]
+    # rank of each row among its device's rows, in row order
     s = loc[order]
-    new = np.empty(n, dtype=bool)
+    new = np.empty(n, dtype=np.bool_)
     new[0] = True
     np.not_equal(s[1:], s[:-1], out=new[1:])
     pos = np.arange(n)
-    start = np.maximum.accumulate(np.where(new, pos, 0))
-    rank = np.empty(n, dtype=np.intp)
-    rank[order] = pos - start
-    by_rank = np.argsort(rank, kind="stable")
+    rank = pos - np.maximum.accumulate(np.where(new, pos, 0))
+    small = np.uint16 if int(rank.max()) < 1 << 16 else np.intp
+    by_rank = order[np.argsort(rank.astype(small), kind="stable")]  # device order within
     counts = np.bincount(rank)
-    return np.split(by_rank, np.cumsum(counts)[:-1])
+    return [(r, loc[r].astype(np.intp)) for r in np.split(by_rank, np.cumsum(counts)[:-1])]
+
+
+def _ascending(loc: npt.NDArray[np.integer[Any]]) -> bool:
+    """Strictly ascending (checked on a prefix first: a shuffled batch fails at once)."""
+    head = loc[:64]
+    if not bool((head[1:] > head[:-1]).all()):
+        return False
+    return bool((loc[1:] > loc[:-1]).all())
+
+
+def _stable_order(loc: npt.NDArray[np.integer[Any]], n_local: int) -> npt.NDArray[np.intp]:
+    """``argsort(loc, kind="stable")`` by 16-bit radix passes (numpy radix-sorts only
+    integers of up to 16 bits; its stable sort of wider ones is ~8x slower, and faster
+    than the counting sort below half of the kind's devices: 0.3 vs 1.7 ms for 30,000
+    of 300,000)."""
+    if n_local <= 1 << 16:
+        return np.argsort(loc.astype(np.uint16), kind="stable")
+    order = np.argsort((loc & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while n_local > 1 << shift:
+        digit = ((loc[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+    return order
+
+
+class Round:
+    """One round of a batch: rows (each device at most once) in device order.
+
+    Columns are gathered in that order on first use and cached, so the kind detector
+    and the generic checks of one batch share one permutation of each column.
+    ``rows`` is None when the round is the whole batch in its own order.
+    """
+
+    __slots__ = ("_batch", "_cols", "loc", "rows", "ts_ms")
+
+    def __init__(
+        self,
+        batch: ReadingBatch,
+        rows: npt.NDArray[np.intp] | None,
+        loc: npt.NDArray[np.intp],
+    ) -> None:
+        self._batch = batch
+        self.rows = rows
+        self.loc = loc
+        self.ts_ms: npt.NDArray[np.int64] = (
+            batch.ts_ms if rows is None else np.take(batch.ts_ms, rows)
+        )
+        self._cols: dict[str, npt.NDArray[Any] | None] = {}
+
+    def __len__(self) -> int:
+        return int(self.loc.size)
+
+    def get(self, name: str) -> npt.NDArray[Any] | None:
+        """Field ``name`` at this round's rows (None when the batch lacks the field)."""
+        try:
+            return self._cols[name]
+        except KeyError:
+            src = self._batch.fields.get(name)
+            out = None if src is None else (src if self.rows is None else np.take(src, self.rows))
+            self._cols[name] = out
+            return out
+
+    def col(self, name: str) -> npt.NDArray[Any]:
+        """Field ``name`` at this round's rows; ``KeyError`` when the batch lacks it."""
+        out = self.get(name)
+        if out is None:
+            raise KeyError(name)
+        return out
+
+
+class BatchPlan:
+    """A batch's local indexes and rounds, computed once and shared by its detectors.
+
+    ``rounds`` is computed on first use: a detector that only needs ``loc`` (the generic
+    checks of a kind without numeric channels) never pays for the sort.
+    """
+
+    __slots__ = ("_index", "_rounds", "batch", "loc")
+
+    def __init__(self, batch: ReadingBatch, index: KindIndex) -> None:
+        self.batch = batch
+        self._index = index
+        self.loc = index.local(batch.device)
+        self._rounds: list[Round] | None = None
+
+    @property
+    def rounds(self) -> list[Round]:
+        if self._rounds is None:
+            rounds = _rounds(self.loc, self._index.size)
+            if rounds is None:
+                self._rounds = [Round(self.batch, None, self.loc)]
+            else:
+                self._rounds = [Round(self.batch, rows, loc) for rows, loc in rounds]
+        return self._rounds
 
 
 def as_f64(a: npt.NDArray[Any]) -> npt.NDArray[np.float64]:

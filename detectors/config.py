@@ -68,6 +68,7 @@ class GenericParams(_Model):
     shift_readings: int = Field(ge=1, le=100)
     offline_factor: float = Field(gt=1)
     offline_never_seen: bool
+    series_min_scale: float = Field(gt=0)
     channels: dict[DeviceKind, dict[str, ChannelParams]]
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from detectors._core import BatchPlan
 from detectors.config import DetectorConfig, load_config
 from detectors.elevator import ElevatorDetector
 from detectors.generic import GenericDetector
@@ -37,7 +38,8 @@ from gridwatch.registry import Registry
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: elevator flags_ int32 with vib_n_ apart (1: int64 flags_ holding the counters)."""
 
 
 def registry_digest(registry: Registry) -> npt.NDArray[np.uint8]:
@@ -86,9 +88,20 @@ class DetectorSet:
     def update(self, batch: ReadingBatch) -> Detections:
         """Detections of one batch: the kind's detector first, then the generic checks."""
         t0 = time.perf_counter()
-        specific = self.specific[batch.kind].update(batch)
-        t1 = time.perf_counter()
-        generic = self.generic[batch.kind].update(batch)
+        kind_det = self.specific[batch.kind]
+        generic_det = self.generic[batch.kind]
+        if len(batch) == 0:
+            return Detections.empty()
+        if isinstance(kind_det, HighfallDetector):  # it looks only at track points
+            specific = kind_det.update(batch)
+            t1 = time.perf_counter()
+            generic = generic_det.update(batch)
+        else:
+            # one plan (local indexes, rounds in device order, permuted columns) for both
+            plan = BatchPlan(batch, generic_det.index)
+            specific = kind_det.update_plan(plan)
+            t1 = time.perf_counter()
+            generic = generic_det.update_plan(plan)
         t2 = time.perf_counter()
         self.timings_s[batch.kind.value] += t1 - t0
         self.timings_s["generic"] += t2 - t1
@@ -161,7 +174,8 @@ class DetectorSet:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as fh:
-            np.savez(fh, **self.state())
+            savez: Any = np.savez  # numpy's stub types **arrays as its keyword flags
+            savez(fh, **self.state())
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)

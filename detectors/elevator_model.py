@@ -31,18 +31,20 @@ from gridwatch.domain import DetectionKind
 from gridwatch.errors import ConfigError
 from gridwatch.registry import Registry
 
-FORMAT: Final = "gridwatch-elevator-iforest/1"
+FORMAT: Final = "gridwatch-elevator-iforest/2"
 MS_PER_S = 1000
 FEATURES: Final = (
-    "vib_log_mean",
-    "vib_log_std",
-    "vib_log_max",
+    "vib_z_mean",
+    "vib_z_std",
+    "vib_z_max",
     "speed_ratio_max",
     "speed_ratio_std",
     "door_opens",
     "moving_share",
 )
-"""Window features, in column order (what the model was fitted on)."""
+"""Window features, in column order (what the model was fitted on). Vibration enters as
+its z against the car's own baseline for its motion state (the elevator detector's), so
+a car with a naturally rougher ride is not an outlier for life."""
 
 
 def class_key(rated_speed_mps: float) -> str:
@@ -116,14 +118,14 @@ class WindowAccumulator(StateArrays):
 
     def push(  # noqa: PLR0917
         self,
-        loc: npt.NDArray[np.int32],
+        loc: npt.NDArray[np.intp],
         ts: npt.NDArray[np.int64],
-        vib: npt.NDArray[np.float32],
+        vib_z: npt.NDArray[np.float64],
         ratio: npt.NDArray[np.float64],
         door_open: npt.NDArray[np.bool_],
         moving: npt.NDArray[np.bool_],
     ) -> tuple[
-        npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int32]
+        npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int32]
     ]:
         """Add one reading per car (distinct ``loc``); the closed windows' features.
 
@@ -145,7 +147,7 @@ class WindowAccumulator(StateArrays):
             self.vib_max_[c_loc] = -np.inf
         self.win_id_[loc] = wid
         self.count_[loc] += 1
-        lv = np.log(np.maximum(vib.astype(np.float64), 1e-6))
+        lv = vib_z
         okv = np.isfinite(lv)
         i = loc[okv]
         self.vib_n_[i] += 1
@@ -163,7 +165,7 @@ class WindowAccumulator(StateArrays):
         self.door_[loc] = door_open
         return c_loc, ends, feats, counts
 
-    def features(self, loc: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
+    def features(self, loc: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
         vn = np.maximum(self.vib_n_[loc], 1)
         vmean = self.vib_sum_[loc] / vn
         vstd = np.sqrt(np.maximum(self.vib_sq_[loc] / vn - vmean**2, 0.0))
@@ -221,9 +223,9 @@ class WindowModel(StateArrays):
 
     def update(  # noqa: PLR0917
         self,
-        loc: npt.NDArray[np.int32],
+        loc: npt.NDArray[np.intp],
         ts: npt.NDArray[np.int64],
-        vib: npt.NDArray[np.float32],
+        vib_z: npt.NDArray[np.float64],
         ratio: npt.NDArray[np.float64],
         door_open: npt.NDArray[np.bool_],
         moving: npt.NDArray[np.bool_],
@@ -231,7 +233,7 @@ class WindowModel(StateArrays):
     ) -> Detections:
         sel = np.flatnonzero(live)
         c_loc, ends, feats, counts = self.acc.push(
-            loc[sel], ts[sel], vib[sel], ratio[sel], door_open[sel], moving[sel]
+            loc[sel], ts[sel], vib_z[sel], ratio[sel], door_open[sel], moving[sel]
         )
         keep = np.flatnonzero(
             (counts >= self.params.min_window_readings) & (self._class[c_loc] >= 0)
@@ -256,6 +258,57 @@ class WindowModel(StateArrays):
             window_s=self.params.window_s,
             **{f"window_{k}": v for k, v in evidence.items()},
         )
+
+
+class WindowCollector:
+    """Collects finished windows' features instead of scoring them (offline training).
+
+    Plugged into ``ElevatorDetector(window_model=...)``, so training sees exactly the
+    features that scoring will see.
+    """
+
+    def __init__(
+        self, registry: Registry, index: KindIndex, window_s: float, min_readings: int
+    ) -> None:
+        self.index = index
+        self.min_readings = min_readings
+        self.acc = WindowAccumulator(index.size, window_s)
+        rated = registry.rated_speed_mps[index.devices]
+        self._keys = np.array([class_key(float(r)) for r in rated.tolist()])
+        self._features: list[npt.NDArray[np.float64]] = []
+        self._classes: list[npt.NDArray[np.str_]] = []
+
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        return self.acc.state()
+
+    def load_state(self, state: Any) -> None:
+        self.acc.load_state(state)
+
+    def update(  # noqa: PLR0917
+        self,
+        loc: npt.NDArray[np.intp],
+        ts: npt.NDArray[np.int64],
+        vib_z: npt.NDArray[np.float64],
+        ratio: npt.NDArray[np.float64],
+        door_open: npt.NDArray[np.bool_],
+        moving: npt.NDArray[np.bool_],
+        live: npt.NDArray[np.bool_],
+    ) -> Detections:
+        sel = np.flatnonzero(live)
+        c_loc, _, feats, counts = self.acc.push(
+            loc[sel], ts[sel], vib_z[sel], ratio[sel], door_open[sel], moving[sel]
+        )
+        keep = counts >= self.min_readings
+        if keep.any():
+            self._features.append(feats[keep])
+            self._classes.append(self._keys[c_loc[keep]])
+        return Detections.empty()
+
+    def windows(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.str_]]:
+        """Every finished window so far: ``(features, class keys)``."""
+        if not self._features:
+            return np.zeros((0, len(FEATURES))), np.zeros(0, dtype=np.str_)
+        return np.concatenate(self._features), np.concatenate(self._classes)
 
 
 def fit_models(

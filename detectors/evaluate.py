@@ -95,11 +95,18 @@ DISTRACTOR_KINDS: Final = frozenset({"bird", "leaf", "insect", "rain_streak"})
 
 
 class LabelLike(Protocol):
-    device: int
-    kind: str
-    start_ms: int
-    end_ms: int
-    extra: dict[str, Any]
+    """What the matching reads of a label (``sim.faults.FaultLabel``, frozen: read-only)."""
+
+    @property
+    def device(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def start_ms(self) -> int: ...
+    @property
+    def end_ms(self) -> int: ...
+    @property
+    def extra(self) -> dict[str, Any]: ...
 
 
 @dataclass

@@ -7,6 +7,7 @@ vectorised over the whole fleet, because a silent device sends nothing to react 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from detectors._core import KindIndex, StateArrays, checked_state, device_rounds
+from detectors._core import BatchPlan, KindIndex, Round, StateArrays, checked_state
 from detectors.config import ChannelParams, GenericParams
 from detectors.robust import RobustScorer
 from gridwatch.batch import Detections, ReadingBatch
@@ -59,6 +60,8 @@ class _Stuck(StateArrays):
 
 _NAN_BITS = 0x7FC00000
 _START_MASK = (1 << 24) - 1
+_LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
+"""Which uint32 half of a run_ entry holds start << 8 | count (_LO) and the value (_HI)."""
 
 
 @dataclass
@@ -169,52 +172,59 @@ class GenericDetector:
         }
         if n == 0:
             return Detections.empty(), scores
-        loc = self.index.local(batch.device)
-        first = int(batch.ts_ms.min())  # a min: the same whatever the batching
+        det = self.update_plan(BatchPlan(batch, self.index), scores)
+        return det, scores
+
+    def update_plan(
+        self, plan: BatchPlan, scores: dict[str, npt.NDArray[np.float32]] | None = None
+    ) -> Detections:
+        """``update`` with the batch's plan already computed; per-row scores go into
+        ``scores`` when given (see ``update_scores``)."""
+        if scores is None:
+            scores = {}
+        first = int(plan.batch.ts_ms.min())  # a min: the same whatever the batching
         if self.started_ms_[0] < 0 or first < self.started_ms_[0]:
             self.started_ms_[0] = first
-        rounds = device_rounds(loc, self.index.size)
+        if not self.channels:  # only the offline check's last report: no rounds needed
+            # the latest reading per device (rows of a device are in time order anyway)
+            np.maximum.at(self.last_seen_ms_, plan.loc, plan.batch.ts_ms)
+            return Detections.empty()
         parts: list[Detections] = []
-        if rounds is None:
-            self._step(None, loc, batch, scores, parts)
-        else:
-            for rows in rounds:
-                self._step(rows, loc[rows], batch, scores, parts)
-        return Detections.concat(parts), scores
+        for r in plan.rounds:
+            self._step(r, scores, parts)
+        return Detections.concat(parts)
 
     def _step(
         self,
-        rows: npt.NDArray[np.intp] | None,
-        loc: npt.NDArray[np.int32],
-        batch: ReadingBatch,
+        r: Round,
         scores: dict[str, npt.NDArray[np.float32]],
         parts: list[Detections],
     ) -> None:
-        ts = batch.ts_ms if rows is None else batch.ts_ms[rows]
+        rows, loc, ts = r.rows, r.loc, r.ts_ms
         self.last_seen_ms_[loc] = ts
         devices = self.index.devices
         for ch in self.channels:
-            col = batch.fields.get(ch.field)
-            if col is None:
+            x = r.get(ch.field)
+            if x is None:
                 continue
-            x = col if rows is None else col[rows]
             ok = np.isfinite(x)
+            out_rows: npt.NDArray[np.intp] | None = rows
+            cloc, cts = loc, ts
             if not ok.all():
                 sel = np.flatnonzero(ok)
                 x, cloc, cts = x[sel], loc[sel], ts[sel]
                 out_rows = sel if rows is None else rows[sel]
-            else:
-                cloc, cts = loc, ts
-                out_rows = rows
             if x.size == 0:
                 continue
             x64 = x.astype(np.float64)
             if ch.scorer is not None:
                 score, z, expected, scale = ch.scorer.update(cloc, x64)
-                if out_rows is None:
-                    scores[ch.field][:] = score
-                else:
-                    scores[ch.field][out_rows] = score
+                col_scores = scores.get(ch.field)
+                if col_scores is not None:
+                    if out_rows is None:
+                        col_scores[:] = score
+                    else:
+                        col_scores[out_rows] = score
                 hit = np.flatnonzero(score >= self.params.emit_score)
                 if hit.size:
                     parts.append(
@@ -239,17 +249,18 @@ class GenericDetector:
                 bad = np.flatnonzero((xm < ch.lo) | (xm > hi))
                 if bad.size:
                     rows_bad = maybe[bad]
+                    range_ev: dict[str, Any] = {
+                        ch.field: xm[bad],
+                        evidence_name(ch.field, "min"): ch.lo,
+                        evidence_name(ch.field, "max"): hi[bad],
+                    }
                     parts.append(
                         Detections.of(
                             DetectionKind.OUT_OF_RANGE,
                             devices[cloc[rows_bad]],
                             cts[rows_bad],
                             1.0,
-                            **{
-                                ch.field: xm[bad],
-                                evidence_name(ch.field, "min"): ch.lo,
-                                evidence_name(ch.field, "max"): hi[bad],
-                            },
+                            **range_ev,
                         )
                     )
             if ch.stuck is not None:
@@ -259,37 +270,52 @@ class GenericDetector:
         self,
         ch: _Channel,
         st: _Stuck,
-        loc: npt.NDArray[np.int32],
+        loc: npt.NDArray[np.intp],
         x: npt.NDArray[Any],
         ts: npt.NDArray[np.int64],
     ) -> Detections:
         if st.epoch_ms_[0] < 0:
             st.epoch_ms_[0] = (int(ts.min()) // MS_PER_S) * MS_PER_S
-        packed = st.run_[loc]
-        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-        same = (packed >> np.uint64(32)) == bits
-        now_s = ((ts - st.epoch_ms_[0]) // MS_PER_S).astype(np.uint64) & np.uint64(_START_MASK)
-        start = (packed >> np.uint64(8)) & np.uint64(_START_MASK)
-        count = packed & np.uint64(0xFF)
-        start = np.where(same, start, now_s)
-        count = np.where(same, np.minimum(count + np.uint64(1), np.uint64(0xFF)), np.uint64(1))
-        st.run_[loc] = (bits << np.uint64(32)) | (start << np.uint64(8)) | count
-        held_s = ((now_s - start) & np.uint64(_START_MASK)).astype(np.float64)
+        m = loc.size
+        # the packed uint64 as two uint32 halves (views): start << 8 | count, value bits
+        halves = st.run_[loc].view(np.uint32).reshape(m, 2)
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+        same = halves[:, _HI] == bits
+        now_s = ((ts - st.epoch_ms_[0]) // MS_PER_S).astype(np.uint32)
+        now_s &= _START_MASK
+        new = np.empty((m, 2), dtype=np.uint32)
+        new[:, _HI] = bits
         need = ch.params.stuck_readings or 0
         min_s = ch.params.stuck_min_s or 0.0
+        if not same.any():  # a live sensor: every run starts again, one reading long
+            low = now_s << 8
+            low |= 1
+            new[:, _LO] = low
+            st.run_[loc] = new.view(np.uint64).reshape(m)
+            if need > 1 or min_s > 0:
+                return Detections.empty()
+            start, count = now_s, np.ones(m, dtype=np.uint32)
+        else:
+            old = halves[:, _LO]
+            start = np.where(same, old >> 8, now_s)
+            count = np.where(same, np.minimum((old & 0xFF) + 1, 0xFF), 1).astype(np.uint32)
+            new[:, _LO] = (start << 8) | count
+            st.run_[loc] = new.view(np.uint64).reshape(m)
+        held_s = ((now_s - start) & _START_MASK).astype(np.float64)
         hit = np.flatnonzero((count >= need) & (held_s >= min_s))
         if hit.size == 0:
             return Detections.empty()
+        evidence: dict[str, Any] = {
+            ch.field: x[hit],
+            "stuck_s": held_s[hit],
+            "repeats_count": count[hit].astype(np.float64),
+        }
         return Detections.of(
             DetectionKind.STUCK,
             self.index.devices[loc[hit]],
             ts[hit],
             np.minimum(1.0, 0.5 * held_s[hit] / max(min_s, 1.0)),
-            **{
-                ch.field: x[hit],
-                "stuck_s": held_s[hit],
-                "repeats_count": count[hit].astype(np.float64),
-            },
+            **evidence,
         )
 
     # -- timer -------------------------------------------------------------------

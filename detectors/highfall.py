@@ -56,7 +56,7 @@ class HighfallDetector:
         self._index_keys()
         # per camera: the slot of its latest track (a lookup cache, not state: checked
         # against the slot's key on use, and rebuilt as points arrive)
-        self._cam_slot = np.zeros(self.index.size, dtype=np.int32)
+        self._cam_slot = np.zeros(self.index.size, dtype=np.intp)
 
     @classmethod
     def from_config(cls, registry: Registry, params: HighfallParams) -> HighfallDetector:
@@ -65,10 +65,13 @@ class HighfallDetector:
     # -- open-track pool -----------------------------------------------------------
 
     def _alloc(self, cap: int) -> None:
-        p = self.params.max_points
+        # one spare column per slot: points beyond max_points are written there (and
+        # never read) instead of being filtered out of every batch; entries at or beyond
+        # a track's point count are stale (a reused slot is not cleared) and never read:
+        # the fit weighs them 0 and state() exports zeros there
+        p = self.params.max_points + 1
         self._t = np.zeros((cap, p), dtype=np.float32)
-        self._h = np.zeros((cap, p), dtype=np.float32)
-        self._x = np.zeros((cap, p), dtype=np.float32)
+        self._hx = np.zeros((cap, p), dtype=np.complex64)  # height + 1j * horizontal
         self._n = np.zeros(cap, dtype=np.int32)
         self._t0 = np.zeros(cap, dtype=np.int64)
         self._last = np.zeros(cap, dtype=np.int64)
@@ -82,14 +85,27 @@ class HighfallDetector:
             new_cap *= 2
         if new_cap == cap:
             return
-        old = (self._t, self._h, self._x, self._n, self._t0, self._last, self._key, self._used)
+        old: list[npt.NDArray[Any]] = [
+            self._t,
+            self._hx,
+            self._n,
+            self._t0,
+            self._last,
+            self._key,
+            self._used,
+        ]
         self._alloc(new_cap)
-        for new, prev in zip(
-            (self._t, self._h, self._x, self._n, self._t0, self._last, self._key, self._used),
-            old,
-            strict=True,
-        ):
-            new[:cap] = prev
+        new: list[npt.NDArray[Any]] = [
+            self._t,
+            self._hx,
+            self._n,
+            self._t0,
+            self._last,
+            self._key,
+            self._used,
+        ]
+        for dst, src in zip(new, old, strict=True):
+            dst[:cap] = src
 
     def _index_keys(self) -> None:
         slots = np.flatnonzero(self._used)
@@ -124,14 +140,22 @@ class HighfallDetector:
     def state(self) -> dict[str, npt.NDArray[Any]]:
         """Open tracks sorted by key: the same tracks give the same state, whatever slots."""
         s = self._sorted_slots
+        p = self.params.max_points
+        n = self._n[s]
+        stale = np.arange(p)[None, :] >= n[:, None]
+        t = self._t[s, :p]
+        hx = self._hx[s, :p]
+        h, x = hx.real.copy(), hx.imag.copy()
+        for a in (t, h, x):
+            a[stale] = 0.0
         return {
             "key_": self._key[s].copy(),
-            "n_points_": self._n[s].copy(),
+            "n_points_": n.copy(),
             "t0_ms_": self._t0[s].copy(),
             "last_ms_": self._last[s].copy(),
-            "t_s_": self._t[s].copy(),
-            "height_m_": self._h[s].copy(),
-            "horizontal_m_": self._x[s].copy(),
+            "t_s_": t,
+            "height_m_": h,
+            "horizontal_m_": x,
         }
 
     def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -161,9 +185,9 @@ class HighfallDetector:
         self._n[:m] = state["n_points_"]
         self._t0[:m] = state["t0_ms_"]
         self._last[:m] = state["last_ms_"]
-        self._t[:m] = state["t_s_"]
-        self._h[:m] = state["height_m_"]
-        self._x[:m] = state["horizontal_m_"]
+        self._t[:m, :p] = state["t_s_"]
+        self._hx.real[:m, :p] = state["height_m_"]
+        self._hx.imag[:m, :p] = state["horizontal_m_"]
         self._used[:m] = True
         self._index_keys()
 
@@ -174,68 +198,65 @@ class HighfallDetector:
             raise ValueError(f"the highfall detector got a {batch.kind.value} batch")
         if len(batch) == 0:
             return Detections.empty()
-        track = batch.fields["track_id"]
-        rows = np.flatnonzero(track > 0)
-        if rows.size == 0:
-            return Detections.empty()
-        device = batch.device[rows]
-        self.index.local(device)  # rejects devices of another kind
-        ts = batch.ts_ms[rows]
-        h = batch.fields["height_m"][rows]
-        x = batch.fields["horizontal_m"][rows]
-        end = batch.fields["end"][rows] >= 0.5
-        keys = (device.astype(np.int64) << _KEY_SHIFT) | track[rows].astype(np.int64)
-        point = np.isfinite(h) & np.isfinite(x)
+        f = batch.fields
+        track, device, ts = f["track_id"], batch.device, batch.ts_ms
+        h, x, end = f["height_m"], f["horizontal_m"], f["end"]
+        is_point = track > 0
+        if not is_point.all():  # heartbeats and other rows without a track
+            rows = np.flatnonzero(is_point)
+            if rows.size == 0:
+                return Detections.empty()
+            track, device, ts = track[rows], device[rows], ts[rows]
+            h, x, end = h[rows], x[rows], end[rows]
+        cam = self.index.local(device)  # also rejects devices of another kind
+        end = end >= 0.5
+        keys = device.astype(np.int64) << _KEY_SHIFT
+        keys |= track.astype(np.int64)
+        point = np.isfinite(h)
+        point &= np.isfinite(x)
 
         parts: list[Detections] = []
-        if point.any():
-            parts.append(self._append(keys[point], ts[point], h[point], x[point]))
-        ended = np.unique(keys[end])
-        if ended.size:
-            slots = self._lookup(ended)
-            parts.append(self._close(slots[slots >= 0]))
+        slot = np.full(keys.size, -1, dtype=np.intp)
+        if point.all():
+            closed, slot = self._append(keys, cam, ts, h, x)
+            parts.append(closed)
+        elif point.any():
+            p = np.flatnonzero(point)
+            closed, slot[p] = self._append(keys[p], cam[p], ts[p], h[p], x[p])
+            parts.append(closed)
+        e = np.flatnonzero(end)
+        if e.size:
+            # the slot of each end row is known from its point; look up only the others
+            es = slot[e]
+            unknown = np.flatnonzero(es < 0)
+            if unknown.size:
+                es[unknown] = self._lookup(keys[e[unknown]])
+            parts.append(self._close(np.unique(es[es >= 0])))
         return Detections.concat(parts)
 
     def _append(
         self,
         keys: npt.NDArray[np.int64],
+        cam: npt.NDArray[np.intp],
         ts: npt.NDArray[np.int64],
         h: npt.NDArray[np.float32],
         x: npt.NDArray[np.float32],
-    ) -> Detections:
+    ) -> tuple[Detections, npt.NDArray[np.intp]]:
         """Append points to their tracks' slots, opening slots for new tracks.
 
         Rows are grouped by slot with one stable sort of small integers (a radix sort
         while the pool has at most 65,536 slots), which also gives each point's rank
-        within its track in this batch.
+        within its track in this batch. Returns the tracks closed to make room and each
+        row's slot.
         """
         closed = Detections.empty()
         # A camera rarely tracks two objects at once: try its latest track's slot first.
-        cam = self.index.local_of[(keys >> _KEY_SHIFT).astype(np.int32)]
-        slot = self._cam_slot[cam].astype(np.intp)
+        slot = self._cam_slot[cam]
         miss = np.flatnonzero(self._key[slot] != keys)
         if miss.size:
-            slot[miss] = self._lookup(keys[miss])
-        fresh = np.flatnonzero(slot < 0)
-        if fresh.size:
-            new_keys, inv = np.unique(keys[fresh], return_inverse=True)
-            closed = self._make_room(new_keys.size)
-            free = np.flatnonzero(~self._used)
-            if free.size < new_keys.size:
-                self._grow(int(self._n.size + new_keys.size))
-                free = np.flatnonzero(~self._used)
-            got = free[: new_keys.size]
-            first_ts = np.full(new_keys.size, np.iinfo(np.int64).max, dtype=np.int64)
-            np.minimum.at(first_ts, inv, ts[fresh])
-            self._used[got] = True
-            self._key[got] = new_keys
-            self._n[got] = 0
-            self._t[got] = 0.0  # a reused slot keeps no point of its previous track
-            self._h[got] = 0.0
-            self._x[got] = 0.0
-            self._t0[got] = first_ts
-            self._insert_keys(new_keys, got)
-            slot[fresh] = got[inv]
+            closed, found = self._resolve(keys[miss], cam[miss], ts[miss], slot, miss)
+            slot[miss] = found
+            self._cam_slot[cam[miss]] = found  # a cache: any of a camera's slots will do
         small = np.uint16 if self._n.size <= 1 << 16 else np.uint32
         order = np.argsort(slot.astype(small), kind="stable")
         ss = slot[order]
@@ -245,26 +266,103 @@ class HighfallDetector:
         np.not_equal(ss[1:], ss[:-1], out=first[1:])
         starts = np.flatnonzero(first)
         counts = np.diff(np.append(starts, n_rows))
-        seg = np.cumsum(first) - 1
         slots = ss[starts]
         # position of each point within its track: points so far + rank in this batch
-        pos = self._n[ss] + (np.arange(n_rows) - starts[seg])
-        keep = np.flatnonzero(pos < self.params.max_points)
-        sr, pr, rows = ss[keep], pos[keep], order[keep]
-        self._t[sr, pr] = (ts[rows] - self._t0[sr]) / MS_PER_S
-        self._h[sr, pr] = h[rows]
-        self._x[sr, pr] = x[rows]
+        rank = np.arange(n_rows) - np.repeat(starts, counts)
+        pos = np.empty(n_rows, dtype=np.intp)
+        pos[order] = rank + np.repeat(self._n[slots], counts)
         self._n[slots] = np.minimum(self._n[slots] + counts, self.params.max_points)
         self._last[slots] = np.maximum(self._last[slots], ts[order[starts + counts - 1]])
-        self._cam_slot[cam] = slot  # a cache: any of a camera's slots is a valid entry
-        return closed
+        # write in row order (no gather of the columns): flat position of each point;
+        # only the first max_points are kept, later ones land in the spare column
+        p = self.params.max_points
+        if int(pos.max()) > p:
+            np.minimum(pos, p, out=pos)
+        flat = slot * (p + 1)
+        flat += pos
+        self._t.reshape(-1)[flat] = (ts - self._t0[slot]) * (1.0 / MS_PER_S)
+        hx = np.empty(flat.size, dtype=np.complex64)
+        hx.real = h
+        hx.imag = x
+        self._hx.reshape(-1)[flat] = hx
+        return closed, slot
 
-    def _make_room(self, k: int) -> Detections:
-        """Close the least recently seen tracks when ``k`` more would exceed ``max_tracks``."""
+    def _resolve(
+        self,
+        keys: npt.NDArray[np.int64],
+        cam: npt.NDArray[np.intp],
+        ts: npt.NDArray[np.int64],
+        slot: npt.NDArray[np.intp],
+        miss: npt.NDArray[np.intp],
+    ) -> tuple[Detections, npt.NDArray[np.intp]]:
+        """Slots of rows the camera cache missed, opening slots for new tracks.
+
+        The missed rows of a camera almost always belong to one track (a new one), so
+        only the first missed row of each camera is looked up; the others that share its
+        key take its slot. Rows of a second track of a camera in the same batch go the
+        general way (rare).
+        """
+        m = keys.size
+        idx = np.arange(m)
+        first = np.full(self.index.size, m, dtype=np.intp)
+        np.minimum.at(first, cam, idx)
+        rep = first[cam]
+        own = keys[rep] == keys
+        reps = np.flatnonzero(rep == idx)  # one row per camera, its first missed row
+        out = np.full(m, -1, dtype=np.intp)
+        out[reps] = self._lookup(keys[reps])
+        rest = np.flatnonzero(~own)
+        if rest.size:
+            out[rest] = self._lookup(keys[rest])
+        # open a slot for each new track: the representatives first, then the rest
+        new_rep = reps[out[reps] < 0]
+        new_rest = rest[out[rest] < 0] if rest.size else rest
+        closed = Detections.empty()
+        if new_rep.size or new_rest.size:
+            new_keys, inv = np.unique(
+                np.concatenate([keys[new_rep], keys[new_rest]]), return_inverse=True
+            )
+            first_ts = np.full(new_keys.size, np.iinfo(np.int64).max, dtype=np.int64)
+            rows = np.concatenate([new_rep, new_rest])
+            np.minimum.at(first_ts, inv, ts[rows])
+            if self.open_tracks + new_keys.size > self.params.max_tracks:
+                live = np.concatenate([np.delete(slot, miss), out[out >= 0]])
+                closed = self._make_room(new_keys.size, protect=live)
+            got = self._open(new_keys, first_ts)
+            out[rows] = got[inv]
+        # the representatives' slots, now all known, go to the rows that share their key
+        shared = np.flatnonzero(own & (rep != idx))
+        out[shared] = out[rep[shared]]
+        return closed, out
+
+    def _open(
+        self, keys: npt.NDArray[np.int64], first_ts: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.intp]:
+        """Slots for new tracks (``keys`` sorted, distinct) starting at ``first_ts``."""
+        free = np.flatnonzero(~self._used)
+        if free.size < keys.size:
+            self._grow(int(self._n.size + keys.size))
+            free = np.flatnonzero(~self._used)
+        got = free[: keys.size]
+        self._used[got] = True
+        self._key[got] = keys
+        self._n[got] = 0
+        self._t0[got] = first_ts
+        self._insert_keys(keys, got)
+        return got
+
+    def _make_room(self, k: int, protect: npt.NDArray[np.intp]) -> Detections:
+        """Close the least recently seen tracks when ``k`` more would exceed ``max_tracks``.
+
+        Tracks with points in the current batch (``protect``) are never closed here: the
+        pool then exceeds ``max_tracks`` for a moment rather than lose a live track.
+        """
         over = self.open_tracks + k - self.params.max_tracks
         if over <= 0:
             return Detections.empty()
         slots = self._sorted_slots
+        if protect.size:
+            slots = slots[~np.isin(slots, protect)]
         oldest = slots[np.argsort(self._last[slots], kind="stable")[:over]]
         return self._close(oldest)
 
@@ -286,8 +384,9 @@ class HighfallDetector:
         n = self._n[slots]
         width = max(int(n.max()), 1)
         t = self._t[slots, :width].astype(np.float64)
-        h = self._h[slots, :width].astype(np.float64)
-        x = self._x[slots, :width].astype(np.float64)
+        hx = self._hx[slots, :width]
+        h = hx.real.astype(np.float64)
+        x = hx.imag.astype(np.float64)
         w = (np.arange(width)[None, :] < n[:, None]).astype(np.float64)
         res = fit_tracks(t, h, x, w)
         dev_local = self.index.local_of[(self._key[slots] >> _KEY_SHIFT).astype(np.int32)]
@@ -370,19 +469,23 @@ def fit_tracks(
     >>> round(float(r["g_mps2"][0]), 3), round(float(r["drop_m"][0]), 3)
     (9.81, 4.905)
     """
+    # Every sum over a track's points is one einsum pass (no (tracks, points) temporary),
+    # and residuals come from the normal equations (RSS = y'y - beta'X'y, exact for the
+    # least-squares beta; the sums are centred, so cancellation costs ~1e-10 relative).
     n = w.sum(axis=1)
     nn = np.maximum(n, 1.0)
-    mid = (w * t).sum(axis=1) / nn
-    tau = (t - mid[:, None]) * w
+    mid = _rowdot(w, t) / nn
+    tau = t - mid[:, None]
+    tau *= w
     tau2 = tau * tau
     s1 = tau.sum(axis=1)
     s2 = tau2.sum(axis=1)
-    s3 = (tau2 * tau).sum(axis=1)
-    s4 = (tau2 * tau2).sum(axis=1)
+    s3 = _rowdot(tau2, tau)
+    s4 = _rowdot(tau2, tau2)
     hw = h * w
     y0 = hw.sum(axis=1)
-    y1 = (hw * tau).sum(axis=1)
-    y2 = (hw * tau2).sum(axis=1)
+    y1 = _rowdot(hw, tau)
+    y2 = _rowdot(hw, tau2)
     # Cramer's rule on [[n, s1, s2], [s1, s2, s3], [s2, s3, s4]] @ [a, b, c] = [y0, y1, y2]
     m00 = s2 * s4 - s3 * s3
     m01 = s1 * s4 - s3 * s2
@@ -393,9 +496,9 @@ def fit_tracks(
     a = (y0 * m00 - s1 * (y1 * s4 - s3 * y2) + s2 * (y1 * s3 - s2 * y2)) / det
     b = (n * (y1 * s4 - s3 * y2) - y0 * m01 + s2 * (s1 * y2 - y1 * s2)) / det
     c = (n * (s2 * y2 - y1 * s3) - s1 * (s1 * y2 - y1 * s2) + y0 * m02) / det
-    fit = a[:, None] + b[:, None] * tau + c[:, None] * tau2
+    rss = _rowdot(hw, h) - (a * y0 + b * y1 + c * y2)
     dof = np.maximum(n - 3, 1.0)
-    resid = np.sqrt(((h - fit) ** 2 * w).sum(axis=1) / dof)
+    resid = np.sqrt(np.maximum(rss, 0.0) / dof)
     # variance of c: sigma^2 * (inverse)[2, 2] = sigma^2 * (n s2 - s1^2) / det
     var_c = resid**2 * np.maximum(n * s2 - s1 * s1, 0.0) / det
     g = -2.0 * c
@@ -403,14 +506,13 @@ def fit_tracks(
     # horizontal: x = d + e tau
     xw = x * w
     sx = xw.sum(axis=1)
-    sxt = (xw * tau).sum(axis=1)
+    sxt = _rowdot(xw, tau)
     dx = n * s2 - s1 * s1
     okx = dx > 1e-12
     e = np.where(okx, (n * sxt - s1 * sx) / np.where(okx, dx, 1.0), 0.0)
     d = (sx - e * s1) / nn
-    xres = np.sqrt(
-        ((x - d[:, None] - e[:, None] * tau) ** 2 * w).sum(axis=1) / np.maximum(n - 2, 1)
-    )
+    xrss = _rowdot(xw, x) - (d * sx + e * sxt)
+    xres = np.sqrt(np.maximum(xrss, 0.0) / np.maximum(n - 2, 1))
     # first / last point times (w is 1 on a prefix of each row)
     last_i = np.maximum(n.astype(np.int64) - 1, 0)
     rows = np.arange(t.shape[0])
@@ -435,3 +537,9 @@ def fit_tracks(
         "t_first_s": t_first,
         "t_last_s": t_last,
     }
+
+
+def _rowdot(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Row-wise dot products of two ``(tracks, points)`` arrays, in one pass."""
+    out: npt.NDArray[np.float64] = np.einsum("ij,ij->i", a, b)
+    return out

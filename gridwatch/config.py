@@ -100,17 +100,31 @@ class PipelineSettings(_Section):
     tick_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="timer checks (offline, clears, escalation)"
     )
+    max_future_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="readings further ahead of the clock are refused (ts_future); an "
+        "accelerated simulator needs more",
+    )
+    resume_lookback_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="without a checkpoint, stored readings this recent are replayed through "
+        "the detectors at start (a crash before the first checkpoint)",
+    )
     health_timeout_s: float = Field(
         default=30.0, gt=0, description="a worker silent this long is killed and restarted"
     )
     writer_memory_rows: int = Field(
         default=500_000, ge=1000, description="readings the database writer holds in memory"
     )
-    delay_storage_after_rows: int = Field(
-        default=200_000,
+    delay_storage_after_rows: int | None = Field(
+        default=None,
         ge=0,
         description="with more readings than this waiting for the database, new ones go to the "
-        "local backlog on disk first (storage is delayed, alerts are not)",
+        "local backlog on disk first (storage is delayed, alerts are not); 0 = always write "
+        "ahead to the local log (acknowledge after an fsync, commit to the database in large "
+        "chunks behind); unset = 0 for PostgreSQL, 200000 for SQLite",
     )
     backlog_max_bytes: int = Field(
         default=8 << 30, ge=1 << 20, description="disk the storage backlog may use"

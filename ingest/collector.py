@@ -39,7 +39,7 @@ from gridwatch.errors import PayloadError
 from gridwatch.registry import Registry
 from ingest.config import IngestConfig
 from ingest.dedup import Dedup
-from ingest.dispatch import Dispatcher, Flush
+from ingest.dispatch import Dispatcher, DispatcherStoppedError, Flush
 from ingest.ids import DeviceIds
 from ingest.metrics import IngestMetrics
 from ingest.reasons import ROW_REASONS, RowReason
@@ -133,8 +133,16 @@ class Collector:
         self.dispatcher.start()
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Flush what is pending and wait for the sinks; False if they did not finish."""
-        self.flush()
+        """Flush what is pending and wait for the sinks; False if they did not finish.
+
+        Safe to call twice. Messages pending when the dispatcher is already stopped are
+        not acknowledged (the broker redelivers them).
+        """
+        try:
+            self.flush()
+        except DispatcherStoppedError:
+            log.error("collector closed after its sinks; pending messages not handed on")
+            return False
         return self.dispatcher.stop(timeout)
 
     def set_ack_handler(self, handler: Callable[[Flush], None] | None) -> None:
@@ -159,6 +167,10 @@ class Collector:
     @property
     def pending_messages(self) -> int:
         return len(self._m_topic)
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows_pending
 
     def on_message(self, topic: str, payload: bytes, token: Any = None) -> None:
         """Take one message. ``token`` (optional) is returned in the flush's ``tokens``."""

@@ -114,6 +114,7 @@ class InProcessTransport:
                 if item is None:
                     c.poll()
                     c.metrics.inproc_depth.set(self._queue.qsize())
+                    c.metrics.pending_rows.set(c.pending_rows)
                 elif item is _STOP:
                     c.flush()
                     return
@@ -125,6 +126,9 @@ class InProcessTransport:
                     c.on_message(topic, payload)
                     self.delivered += 1
                     c.poll()
+                    if not self.delivered & 1023:  # gauges sampled, not set per message
+                        c.metrics.inproc_depth.set(self._queue.qsize())
+                        c.metrics.pending_rows.set(c.pending_rows)
             except DispatcherStoppedError:
                 log.error("the sinks were stopped before the in-process transport")
                 return

@@ -365,6 +365,7 @@ class MqttCollector:
             self.acked += len(mids)
             self._metrics.acks.inc(len(mids))
             self._metrics.unacked.set(self.unacked)
+            self._metrics.pending_rows.set(self.collector.pending_rows)
 
     def _ack_many(self, mids: list[int]) -> None:
         """PUBACK every packet id, in order, in one socket write when paho allows it.

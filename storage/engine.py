@@ -17,10 +17,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from gridwatch.errors import StorageError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import numpy as np
+    import numpy.typing as npt
+
+    from gridwatch.deadletter import DeadLetter
+    from gridwatch.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -96,42 +105,46 @@ class Storage(ABC):
 
     # -- features (implemented in their own modules) ---------------------------
 
-    def save_registry(self, registry: Any) -> Any:
+    def save_registry(self, registry: Registry) -> npt.NDArray[np.int32]:
         from storage.devices import save_registry
 
         return save_registry(self, registry)
 
-    def load_registry(self, *, include_retired: bool = False) -> Any:
+    def load_registry(self, *, include_retired: bool = False) -> Registry:
         from storage.devices import load_registry
 
         return load_registry(self, include_retired=include_retired)
 
-    def device_keys(self, registry: Any) -> Any:
+    def device_keys(self, registry: Registry) -> npt.NDArray[np.int32]:
         from storage.devices import device_keys
 
         return device_keys(self, registry)
 
-    def write_dead_letters(self, letters: Any) -> int:
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         from storage.deadletters import write_dead_letters
 
         return write_dead_letters(self, letters)
 
-    def dead_letters(self, **kwargs: Any) -> Any:
+    def dead_letters(
+        self, *, reason: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
         from storage.deadletters import dead_letters
 
-        return dead_letters(self, **kwargs)
+        return dead_letters(self, reason=reason, since_ms=since_ms, limit=limit)
 
-    def dead_letter_counts(self, **kwargs: Any) -> Any:
+    def dead_letter_counts(self, *, since_ms: int | None = None) -> dict[str, tuple[int, int]]:
         from storage.deadletters import dead_letter_counts
 
-        return dead_letter_counts(self, **kwargs)
+        return dead_letter_counts(self, since_ms=since_ms)
 
-    def save_checkpoint(self, name: str, arrays: Any, **kwargs: Any) -> None:
+    def save_checkpoint(
+        self, name: str, arrays: Mapping[str, npt.NDArray[Any]], *, saved_ms: int | None = None
+    ) -> None:
         from storage.checkpoints import save_checkpoint
 
-        save_checkpoint(self, name, arrays, **kwargs)
+        save_checkpoint(self, name, arrays, saved_ms=saved_ms)
 
-    def load_checkpoint(self, name: str) -> Any:
+    def load_checkpoint(self, name: str) -> dict[str, npt.NDArray[Any]] | None:
         from storage.checkpoints import load_checkpoint
 
         return load_checkpoint(self, name)

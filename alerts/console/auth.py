@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -81,6 +82,7 @@ class Authenticator:
         self.storage = storage
         self.clock = clock
         self.options = options
+        self._kdf_slots = threading.BoundedSemaphore(options.max_concurrent_sign_ins)
 
     # -- sign-in ------------------------------------------------------------------------
 
@@ -119,11 +121,18 @@ class Authenticator:
                 retry_after_s=max(1, (locked_until - now + 999) // 1000),
             )
         user = db.get_user(st, name)
-        if user is None:
-            burn_time(password, opts.scrypt)
-            ok = False
-        else:
-            ok = verify_password(password, user.password_hash) and not user.disabled
+        if not self._kdf_slots.acquire(timeout=opts.sign_in_wait_s):
+            raise AuthError(
+                503, "too many sign-ins at once; try again in a moment", retry_after_s=2
+            )
+        try:
+            if user is None:
+                burn_time(password, opts.scrypt)
+                ok = False
+            else:
+                ok = verify_password(password, user.password_hash) and not user.disabled
+        finally:
+            self._kdf_slots.release()
         if not ok or user is None:
             db.record_attempt(st, name=name, remote=remote, now_ms=now, outcome="fail")
             log.info(

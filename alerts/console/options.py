@@ -71,5 +71,14 @@ class ConsoleOptions(BaseModel):
     touch_interval_s: float = Field(
         default=60.0, ge=0, description="last-seen of a session is written at most this often"
     )
+    max_concurrent_sign_ins: int = Field(
+        default=4,
+        ge=1,
+        description="password checks at once (each scrypt check takes 32 MiB and ~0.3 s of a "
+        "core): a burst of sign-ins queues instead of exhausting memory",
+    )
+    sign_in_wait_s: float = Field(
+        default=10.0, gt=0, description="how long a sign-in waits for a free check, then 503"
+    )
     max_subscribers: int = Field(default=500, ge=1, description="open event streams at most")
     scrypt: ScryptCost = Field(default=DEFAULT_COST, description="cost of new password hashes")

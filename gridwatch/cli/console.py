@@ -295,11 +295,11 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return 0
-    if not rows:
+    if not found:
         print("no users; create one with: gridwatch user add NAME --role ...")
-    for r in rows:
-        flag = " (disabled)" if r["disabled"] else ""
-        print(f"{r['name']:20s} {r['role']:10s}{_scope_text(r['grids'], r['street'])}{flag}")
+    for u in found:
+        flag = " (disabled)" if u.disabled else ""
+        print(f"{u.name:20s} {u.role:10s}{_scope_text(u.grids, u.street)}{flag}")
     return 0
 
 

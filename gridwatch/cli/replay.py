@@ -75,8 +75,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.compare is not None:
         try:
             old = orjson.loads(args.compare.read_bytes())["evaluation"]
-        except (OSError, orjson.JSONDecodeError, KeyError) as exc:
-            raise ConfigError(f"--compare {args.compare}: not a replay report: {exc}") from exc
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--compare {args.compare}: not a replay report: {exc!r}") from exc
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
@@ -103,7 +103,8 @@ def _replay(args: argparse.Namespace) -> int:
             shown[0] = pct
             log.info("replay progress", extra={"percent": pct * 10, "readings": readings})
 
-    result = run_replay(scenario, db, work, progress=progress)
+    readings_db = None if args.db else f"sqlite:///{(work / 'readings.db').resolve()}"
+    result = run_replay(scenario, db, work, readings_url=readings_db, progress=progress)
     report = build_report(result)
     json_path, png_path = write_report(report, out)
     _print_table(report["evaluation"])

@@ -10,9 +10,9 @@ alerts it causes are in the dispatch queues: a crash before that point redeliver
 The rules engine and the alert dispatcher are single-threaded by design; the detect thread
 owns them, and runs the timers (offline checks, clears, escalation) between batches.
 
-Timer checks use device time, not the wall clock: ``tick`` runs at the newest device
-timestamp processed (capped at the wall clock), so a worker catching up on a backlog after
-a restart does not call the whole fleet offline, and a replay ticks in simulated time.
+Timer checks use device time, not the wall clock (``tick_now_ms``): a worker catching up
+on a backlog after a restart, or taking a burst, does not call the fleet offline, and a
+replay ticks in simulated time.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ from alerts.dispatch import Dispatcher
 from detectors.detectorset import DetectorSet
 from gridwatch.batch import Detections, ReadingBatch
 from gridwatch.clock import Clock
-from gridwatch.domain import DetectionKind, Grade
+from gridwatch.domain import DetectionKind, DeviceKind, Grade
 from gridwatch.pipeline.checkpoint import Checkpointer
 from gridwatch.pipeline.metrics import PipelineMetrics
 from rules.engine import Changes
 
 log = logging.getLogger(__name__)
 
+NEVER = np.iinfo(np.int64).min
 _BARRIER = object()
 _STOP = object()
 
@@ -85,6 +86,7 @@ class DetectStage:
         max_batches: int = 64,
         name: str = "gridwatch-detect",
         collect: list[Detections] | None = None,
+        stream_grace_s: float = 120.0,
     ) -> None:
         self.detectors = detectors
         self.dispatcher = dispatcher
@@ -104,6 +106,10 @@ class DetectStage:
         self._done = threading.Condition()
         self._submitted = 0
         self._completed = 0
+        reg = detectors.registry
+        self._stream_of = reg.device_grid.astype(np.int64) * len(DeviceKind)
+        self._stream_wm = np.full(max(1, reg.grid_ids.size) * len(DeviceKind), NEVER, np.int64)
+        self._grace_ms = round(stream_grace_s * 1000)
         self.sink = _Sink(self)
         self.barrier = _Barrier(self)
 
@@ -203,6 +209,7 @@ class DetectStage:
         self.totals.readings += len(batch)
         newest = int(batch.ts_ms.max())
         self.totals.watermark_ms = max(self.totals.watermark_ms, newest)
+        np.maximum.at(self._stream_wm, self._stream_of[batch.device] + batch.kind.code, batch.ts_ms)
         self._handle(det)
 
     def _handle(self, det: Detections) -> None:
@@ -251,6 +258,10 @@ class DetectStage:
                 wait_ms = round(spec.group_wait_s * 1000)
             latency = (now_ms + wait_ms - o.last_seen_ms) / 1000
             self.metrics.latency.labels(o.grade.value).observe(max(0.0, latency))
+            log.debug(
+                "alert opened",
+                extra={"alert": o.alert.value, "grade": o.grade.value, "latency_s": latency},
+            )
         for u in changes.upgraded:
             self.totals.upgraded += 1
             self.metrics.alerts.labels(u.grade.value, "upgraded").inc()
@@ -263,18 +274,31 @@ class DetectStage:
             except Exception:
                 log.exception("alert hook failed")
 
-    def tick_now_ms(self) -> int:
-        """Device-time 'now' of the timer checks: newest reading seen, never past the wall."""
-        wall = self.clock.now_ms()
-        wm = self.totals.watermark_ms
-        return min(wall, wm) if wm else wall
+    def tick_now_ms(self) -> int | None:
+        """Device-time 'now' of the timer checks (None until readings arrived).
+
+        Every (grid, kind) message stream has its own watermark (newest timestamp
+        received). Streams arrive skewed: a gateway's batch, a broker backlog drained
+        after a restart, a burst. 'Now' is the watermark of the slowest *active* stream,
+        so that no device looks silent only because its stream's next message has not
+        been processed yet; a stream more than ``stream_grace_s`` behind the newest one
+        is stalled (a gateway down), left out, and its devices do go offline. Never past
+        the wall clock, never backwards.
+        """
+        wm = self._stream_wm
+        top = int(wm.max())
+        if top == NEVER:
+            return None
+        safe = int(wm[wm >= top - self._grace_ms].min())
+        now = min(self.clock.now_ms(), safe)
+        return max(now, self.totals.last_tick_ms)
 
     def run_timers(self) -> None:
         """Timer checks at the device-time 'now' (the detect thread, or inline)."""
         self._next_tick = time.monotonic() + self.tick_interval_s
-        if not self.totals.watermark_ms:
-            return  # nothing heard yet: nothing can be offline in device time
         now_dev = self.tick_now_ms()
+        if now_dev is None:
+            return  # nothing heard yet: nothing can be offline in device time
         det = self.detectors.tick(now_dev)
         if self.mine is not None and len(det):
             det = det.take(np.flatnonzero(self.mine[det.device]))

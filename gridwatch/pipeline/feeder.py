@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from gridwatch.clock import Clock, SystemClock
 from gridwatch.domain import DeviceKind
 from sim.engine import FleetSim
 from sim.faults import FaultKind
@@ -124,18 +125,33 @@ class SimFeeder:
         root: str,
         duration_s: float | None = None,
         demo: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         self.sim = sim
         self._stop = threading.Event()
+        # The pipeline took a moment to start since the simulation was built: skip those
+        # readings (nobody has heard the fleet yet), so timestamps match the clock.
+        now = (clock or SystemClock()).now_ms()
+        if now > sim.now_ms:
+            sim.advance(now)
         self.replay = Replay(
             sim,
             sink,
-            ReplaySpec(speed=speed, duration_s=duration_s, fmt=PayloadFormat.BINARY, root=root),
-            sleep=self._stop.wait,  # a stop interrupts the wait for the next step
+            ReplaySpec(
+                speed=speed,
+                duration_s=duration_s,
+                fmt=PayloadFormat.BINARY,
+                root=root,
+                step_s=0.2 * speed if speed else None,  # readings leave within 0.2 s
+            ),
+            sleep=self._sleep,  # a stop interrupts the wait for the next step
         )
         self.injector = DemoInjector(sim, demo_events(sim)) if demo else None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
 
     def start(self) -> SimFeeder:
         self._thread = threading.Thread(target=self._run, name="gridwatch-sim-feeder", daemon=True)

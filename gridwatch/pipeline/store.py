@@ -16,6 +16,7 @@ Memory stays bounded by the writer's ``max_memory_rows``; disk by ``max_backlog_
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 32 << 20
 """A backlog segment is read back whole, so it is kept small."""
+MIN_DRAIN_BYTES = 1 << 20
+"""While earlier segments are being committed, the one being written grows to this
+(~25,000 readings) before it is handed on: database commits stay large."""
 
 
 class StorageStage:
@@ -59,10 +63,11 @@ class StorageStage:
         self._active: ReadingLog | None = None
         self._active_path: Path | None = None
         self._seq = max((int(p.stem) for p in self._segments()), default=0)
-        self._delaying = bool(self._segments())  # an earlier run left a backlog: keep order
+        self._delaying = False  # a backlog left by an earlier run drains beside new writes
         self._to_sync = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._inflight: collections.deque[tuple[Path, int, int]] = collections.deque()
         self.delayed_rows = 0
         self.drained_rows = 0
         self._stored_seen = 0
@@ -121,10 +126,9 @@ class StorageStage:
         if not self._to_sync:
             return
         self._to_sync = False
-        while not self.writer.flush(timeout=self.sync_timeout_s):
+        # committed, or (database down) spilled to the writer's fsynced files
+        while not self.writer.sync(timeout=self.sync_timeout_s):
             stats = self.writer.stats()
-            if stats.spill_files and stats.outstanding_rows == 0:
-                return  # the writer spilled to its own files (database down): durable
             log.warning(
                 "waiting for the database before acknowledging",
                 extra={"writer_rows": stats.outstanding_rows, "db_up": stats.db_up},
@@ -171,18 +175,36 @@ class StorageStage:
             self.metrics.writer_rows.set(self.writer.stats().outstanding_rows)
 
     def _drain_once(self) -> bool:
-        """Move the oldest segment into the database; False when there was nothing to do."""
-        if self.writer.stats().outstanding_rows > self.delay_after_rows // 2:
-            return False
+        """Retire segments the database has, hand the next one to the writer; False when
+        there was nothing to do.
+
+        Pipelined: a segment is submitted while earlier ones are still being committed, and
+        deleted once every row submitted up to it is durable. The writer works its queue
+        in order, so "rows accepted minus rows outstanding" counts the durable prefix.
+        """
+        stats = self.writer.stats()
+        durable = stats.accepted_rows - stats.outstanding_rows
+        retired = False
+        while self._inflight and self._inflight[0][1] <= durable:
+            path, _, n = self._inflight.popleft()
+            self.drained_rows += n
+            path.unlink(missing_ok=True)
+            retired = True
+        room = max(self.delay_after_rows // 2, self.writer.max_memory_rows // 2)
+        if stats.outstanding_rows > room:
+            return retired
+        taken = {p for p, _, _ in self._inflight}
         with self._lock:
-            segs = self._segments()
+            segs = [p for p in self._segments() if p not in taken]
             if not segs:
-                if self._delaying:
+                if self._delaying and not self._inflight:
                     self._delaying = False
                     log.info("storage backlog drained; writing directly again")
-                return False
+                return retired
             path = segs[0]
             if path == self._active_path and self._active is not None:
+                if self._inflight and self._active.path.stat().st_size < MIN_DRAIN_BYTES:
+                    return retired  # let the segment being written grow while others commit
                 self._active.close()  # the segment being written: rotate it out first
                 self._active = None
                 self._active_path = None
@@ -192,11 +214,7 @@ class StorageStage:
             n += len(batch)
             if self._stop.is_set():
                 return True  # the rest stays in the segment; the database skips repeats
-        while not self.writer.flush(timeout=1.0):
-            if self._stop.is_set():
-                return True
-        path.unlink()
-        self.drained_rows += n
+        self._inflight.append((path, self.writer.stats().accepted_rows, n))
         return True
 
     def stored_delta(self) -> int:

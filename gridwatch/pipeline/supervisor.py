@@ -124,6 +124,7 @@ class Supervisor:
         self.status: StatusReporter | None = None
         self.http: MetricsServer | None = None
         self.console: Any = None
+        self.console_url: str | None = None  # kept: the server's URL dies with its socket
 
     # -- run --------------------------------------------------------------------------
 
@@ -234,6 +235,7 @@ class Supervisor:
             _, plans = assembly.load_policy(self.settings, registry)
             app = create_app(storage, registry, plans=plans)
             self.console = ConsoleServer(app, host=c.host, port=c.port).start()
+            self.console_url = self.console.url
         except (OSError, RuntimeError) as exc:
             log.warning("console not served", extra={"port": c.port, "error": str(exc)})
             return
@@ -242,11 +244,11 @@ class Supervisor:
     # -- children ---------------------------------------------------------------------
 
     def _start(self, c: Child) -> None:
-        what = "simulator" if c.index < 0 else f"worker {c.index}"
         c.proc = subprocess.Popen(c.argv, env=c.env, stdin=subprocess.DEVNULL)
         c.started = time.monotonic()
         c.history.append(f"started pid {c.proc.pid}")
-        log.info(f"{what} started", extra={"worker": c.index, "pid": c.proc.pid})
+        event = "simulator started" if c.index < 0 else "worker started"
+        log.info(event, extra={"worker": c.index, "pid": c.proc.pid})
 
     def _healthy(self, c: Child) -> bool:
         if not c.alive:
@@ -271,11 +273,9 @@ class Supervisor:
                 if now - c.started > 60:
                     c.backoff_s = 1.0  # it ran a while: the next failure starts fresh
                 continue
-            what = "simulator" if c.index < 0 else f"worker {c.index}"
+            what = "simulator" if c.index < 0 else "worker"
             if hung:
-                log.error(
-                    f"{what} hung (status not updated); killing it", extra={"worker": c.index}
-                )
+                log.error("worker hung (status not updated); killing it", extra={"worker": c.index})
                 c.proc.kill()
                 c.proc.wait(10)
                 code = c.proc.returncode
@@ -285,7 +285,7 @@ class Supervisor:
             if c.index >= 0:
                 self.restarts.labels(str(c.index)).inc()
             log.error(
-                f"{what} died; restarting",
+                "simulator died; restarting" if what == "simulator" else "worker died; restarting",
                 extra={"worker": c.index, "exit_code": code, "restart_in_s": c.backoff_s},
             )
             c.proc = None
@@ -371,7 +371,7 @@ class Supervisor:
             "transport": "mqtt",
             "storage": mask_url(self.settings.storage.url),
             "metrics_url": self.http.url if self.http is not None else None,
-            "console_url": self.console.url if self.console is not None else None,
+            "console_url": self.console_url,
             **totals,
             "dispatch_queues": dispatch,
             "device_lag_s": max(lag) if lag else None,

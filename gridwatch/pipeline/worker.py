@@ -22,6 +22,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +31,20 @@ from alerts.dispatch import Dispatcher, DispatchSettings
 from detectors.detectorset import DetectorSet
 from gridwatch.clock import Clock, SystemClock
 from gridwatch.config import Settings, mask_url
+from gridwatch.deadletter import DeadLetter
 from gridwatch.domain import Grade
 from gridwatch.pipeline import assembly
 from gridwatch.pipeline.checkpoint import Checkpointer
 from gridwatch.pipeline.detect import DetectStage
 from gridwatch.pipeline.http import MetricsServer
 from gridwatch.pipeline.metrics import PipelineMetrics, histogram_quantile
+from gridwatch.pipeline.resume import catch_up
 from gridwatch.pipeline.status import StatusReporter, status_path
 from gridwatch.pipeline.store import StorageStage
 from ingest.collector import Collector
 from ingest.config import IngestConfig
 from rules.engine import Changes, RulesEngine
+from storage import Storage
 from storage.writer import ReadingWriter
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,7 @@ class Worker:
         self.transport: Any = None
         self.feeder: Any = None
         self.console: Any = None
+        self.console_url: str | None = None  # kept: the server's URL dies with its socket
         self.publisher: Any = None
         self.http: MetricsServer | None = None
         self.status: StatusReporter | None = None
@@ -104,6 +109,7 @@ class Worker:
         self._next_queue_poll = 0.0
         self._storage: Any = None
         self._failure = ""
+        self.caught_up = 0
         self.ready = threading.Event()
 
     # -- naming -----------------------------------------------------------------------
@@ -206,9 +212,9 @@ class Worker:
         stack.callback(storage.close)
 
         status_file = self.options.status_file or status_path(self.data_dir)
-        self.status = StatusReporter(status_file, self.snapshot, name="gridwatch-status")
-        self.status.start()
-        stack.callback(lambda: self.status.stop("failed" if self._failure else "stopped"))
+        status = StatusReporter(status_file, self.snapshot, name="gridwatch-status")
+        self.status = status.start()
+        stack.callback(lambda: status.stop("failed" if self._failure else "stopped"))
 
         mp = s.pipeline.metrics_port
         if mp is not None:
@@ -233,6 +239,9 @@ class Worker:
             spill_dir=self.data_dir / "spill" / f"readings-{name}",
             max_memory_rows=s.pipeline.writer_memory_rows,
             commit_rows=min(50_000, s.pipeline.writer_memory_rows),
+            # Rollup refreshes recompute whole minutes for every device: N writers doing
+            # it at once deadlock on the rollup rows. Partition 0 refreshes for all.
+            rollup_interval_s=60.0 if self.partition is None or self.partition[0] == 0 else None,
             name=f"readings-{name}",
         ).start()
         self.store = StorageStage(
@@ -240,7 +249,7 @@ class Worker:
             self.registry,
             self.data_dir / "backlog" / name,
             metrics=self.metrics,
-            delay_after_rows=s.pipeline.delay_storage_after_rows,
+            delay_after_rows=_delay_after_rows(s),
             max_backlog_bytes=s.pipeline.backlog_max_bytes,
         ).start()
         stack.callback(self.store.stop)
@@ -274,6 +283,10 @@ class Worker:
         )
         if watermark:
             self.detect.totals.watermark_ms = watermark
+        since = watermark or self.clock.now_ms() - round(s.pipeline.resume_lookback_s * 1000)
+        self.caught_up, last_ts = catch_up(
+            self.detect, storage, self.registry, keys, since, mine=mine
+        )
         self.detect.start()
         stack.callback(self.detect.stop)
         log.info(
@@ -291,15 +304,17 @@ class Worker:
         cfg = IngestConfig(
             root=s.mqtt.root,
             # an accelerated simulator's timestamps run ahead of the wall clock
-            max_future_s=None if s.sim.enabled and s.sim.speed != 1.0 else 600.0,
+            max_future_s=None if s.sim.enabled and s.sim.speed != 1.0 else s.pipeline.max_future_s,
         )
         self.collector = Collector(
             self.registry,
             sinks=[self.detect.sink, self.store, self.detect.barrier],
-            dead_letters=storage,
+            dead_letters=_DeadLetters(storage),
             config=cfg,
             clock=self.clock,
             metrics=self.metrics.ingest,
+            # what the broker redelivers but storage already holds is a duplicate
+            last_ts_ms=last_ts if self.caught_up else None,
         )
         stack.callback(self.collector.close)
         if self.embedded:
@@ -339,6 +354,7 @@ class Worker:
                 speed=s.speed,
                 root=self.settings.mqtt.root,
                 demo=s.demo_faults,
+                clock=self.clock,
             ).start()
             stack.callback(self.feeder.stop)
 
@@ -377,6 +393,7 @@ class Worker:
         try:
             app = create_app(storage, self.registry, service=service, clock=self.clock)
             self.console = ConsoleServer(app, host=c.host, port=c.port).start()
+            self.console_url = self.console.url
         except (OSError, RuntimeError) as exc:
             log.warning(
                 "console not served", extra={"host": c.host, "port": c.port, "error": str(exc)}
@@ -446,7 +463,7 @@ class Worker:
             "mqtt_connected": bool(self.front.connected) if self.front is not None else None,
             "storage": mask_url(self.settings.storage.url),
             "metrics_url": self.http.url if self.http is not None else None,
-            "console_url": self.console.url if self.console is not None else None,
+            "console_url": self.console_url,
             "readings": {
                 "accepted": accepted,
                 "per_s": round(self._per_s[0], 1),
@@ -532,3 +549,21 @@ def _rss_mb() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _delay_after_rows(s: Settings) -> int:
+    """PostgreSQL: write ahead to the local log (a commit round trip per micro-batch would
+    bound ingest; the drain commits large chunks). SQLite commits locally and cheaply."""
+    if s.pipeline.delay_storage_after_rows is not None:
+        return s.pipeline.delay_storage_after_rows
+    return 0 if s.storage.url.startswith(("postgresql://", "postgres://")) else 200_000
+
+
+class _DeadLetters:
+    """``Storage.write_dead_letters`` as ingest's ``DeadLetterSink`` (which returns None)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        self.storage.write_dead_letters(letters)

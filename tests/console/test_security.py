@@ -227,6 +227,18 @@ def test_one_address_spraying_many_names_is_blocked(env_with: Any) -> None:
     assert _login(env, "ann", PASSWORD).status_code == 200
 
 
+def test_password_checks_are_bounded_and_a_burst_waits_then_gets_503(env_with: Any) -> None:
+    env = env_with(max_concurrent_sign_ins=1, sign_in_wait_s=0.05)
+    slots = env.app.state.console.auth._kdf_slots
+    assert slots.acquire(timeout=1)  # another sign-in is hashing
+    try:
+        r = _login(env, "ann", PASSWORD)
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    finally:
+        slots.release()
+    assert _login(env, "ann", PASSWORD).status_code == 200
+
+
 # -- no secrets in logs ----------------------------------------------------------------------------
 
 

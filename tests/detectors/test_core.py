@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,9 +14,29 @@ from gridwatch.domain import DeviceKind
 from gridwatch.registry import Registry
 
 
-def test_no_repeats_is_one_round() -> None:
-    assert device_rounds(np.array([4, 2, 9], np.int32), 10) is None
+def test_no_repeats_is_one_round_in_device_order() -> None:
+    assert [r.tolist() for r in device_rounds(np.array([4, 2, 9], np.int32), 10)] == [[1, 0, 2]]
+    # small batch of a large kind (sorted, not counted) and already ascending rows
+    assert [r.tolist() for r in device_rounds(np.array([7, 3], np.int32), 10_000)] == [[1, 0]]
+    assert device_rounds(np.array([2, 4, 9], np.int32), 10) is None
     assert device_rounds(np.array([3], np.int32), 10) is None
+    assert device_rounds(np.zeros(0, np.int32), 10) == []
+
+
+@given(
+    st.lists(st.integers(0, 70_000), min_size=0, max_size=200),
+    st.sampled_from([70_001, 200_000]),
+)
+def test_rounds_of_wide_indexes_use_every_radix_digit(devs: list[int], n_local: int) -> None:
+    loc = np.array(devs, dtype=np.intp)
+    rounds = device_rounds(loc, n_local)
+    if rounds is None:
+        assert all(a < b for a, b in itertools.pairwise(devs))
+        return
+    all_rows = np.concatenate(rounds) if rounds else np.zeros(0, np.intp)
+    assert sorted(all_rows.tolist()) == list(range(len(devs)))
+    for rows in rounds:
+        assert (np.diff(loc[rows]) > 0).all()
 
 
 @given(st.lists(st.integers(0, 20), min_size=0, max_size=200), st.sampled_from([21, 100_000]))
@@ -22,14 +44,14 @@ def test_rounds_hold_each_device_once_in_order(devs: list[int], n_local: int) ->
     loc = np.array(devs, dtype=np.int32)
     rounds = device_rounds(loc, n_local)
     if rounds is None:
-        assert len(set(devs)) == len(devs)
+        assert all(a < b for a, b in itertools.pairwise(devs))
         return
     seen: dict[int, int] = {}
-    all_rows = np.concatenate(rounds)
+    all_rows = np.concatenate(rounds) if rounds else np.zeros(0, np.intp)
     assert sorted(all_rows.tolist()) == list(range(len(devs)))
     for k, rows in enumerate(rounds):
-        assert len(set(loc[rows].tolist())) == rows.size  # each device once per round
-        for r in rows.tolist():
+        assert (np.diff(loc[rows]) > 0).all()  # each device once per round, device order
+        for r in sorted(rows.tolist()):
             d = devs[r]
             assert seen.get(d, -1) < r  # a device's rounds follow its row order
             seen[d] = r

@@ -258,7 +258,7 @@ def test_nan_speed_never_fires_and_never_poisons_state(
         readings(tiny, "el1", [0, 10, 20, 30, 40], position_m=7.4, speed_mps=nan, occupancy=2)
     )
     assert len(det) == 0
-    assert np.isfinite(el.car_.imag).all()
+    assert np.isfinite(el.cusum_).all()
     # a good reading afterwards starts a fresh episode
     det = el.update(readings(tiny, "el1", [50, 60, 70, 80], position_m=7.4, occupancy=2))
     assert of_kind(det, K.ENTRAPMENT).evidence["stopped_s"].tolist() == [30.0]
@@ -294,3 +294,15 @@ def test_wrong_kind_batch_is_refused(el: ElevatorDetector, tiny: Registry) -> No
     bad = ReadingBatch(bad.kind, tiny.index_of(np.array(["sw1"])), bad.ts_ms, bad.fields)
     with pytest.raises(ValueError, match="not elevator devices"):
         el.update(bad)
+
+
+def test_vibration_readings_learned_are_counted_per_motion_state_and_saturate(
+    tiny: Registry, cfg: DetectorConfig
+) -> None:
+    el = ElevatorDetector(tiny, cfg.elevator)
+    li = el.index.local_of[tiny.index("el1")]
+    times = list(np.arange(0, 300 * 5.0, 5.0))
+    el.update(readings(tiny, "el1", times, position_m=6.0))  # parked: the stopped baseline
+    assert el.vib_n_[li].tolist() == [255, 0]
+    el.update(readings(tiny, "el1", [1600.0, 1605.0], position_m=9.0, speed_mps=1.0))
+    assert el.vib_n_[li].tolist() == [255, 2]  # cruising at rated speed: its own count

@@ -232,3 +232,47 @@ def test_fit_matches_numpy_polyfit() -> None:
         assert res["g_mps2"][i] == pytest.approx(-2 * c2, rel=1e-8)
         assert res["horizontal_speed_mps"][i] == pytest.approx(e1, rel=1e-8)
         assert res["duration_s"][i] == pytest.approx(t[i, k - 1] - t[i, 0])
+
+
+def test_a_track_with_points_in_the_batch_is_never_the_one_evicted(tiny: Registry) -> None:
+    cfg = load_config(overrides={"highfall": {"max_tracks": 16}})
+    hf = HighfallDetector(tiny, cfg.highfall)
+    t, h, x = drop(8, seed=3)
+    half = t.size // 2
+    first = T0 - 100_000  # track 1 (camera hf1) is the least recently seen...
+    hf.update(track(tiny, "hf1", 1, t[:half], h[:half], x[:half], start_ms=first, end=False))
+    for k in range(2, 17):  # ...the 15 others (camera hf2) came later
+        hf.update(
+            track(tiny, "hf2", k, t[:half], h[:half], x[:half], start_ms=T0 + k * 1000, end=False)
+        )
+    assert hf.open_tracks == 16
+    rest = track(tiny, "hf1", 1, t[half:], h[half:], x[half:], start_ms=first)
+    newcomer = track(
+        tiny, "hf1", 99, t[:3], h[:3], x[:3], start_ms=int(rest.ts_ms[-1]) + 1, end=False
+    )
+    det = falling(hf.update(ReadingBatch.concat([rest, newcomer])))
+    # track 2, the oldest without points in the batch, made room; track 1 ended whole
+    assert sorted(det.evidence["track_id"].tolist()) == [1, 2]
+    whole = det.take(np.flatnonzero(det.evidence["track_id"] == 1))
+    assert whole.evidence["points_count"].tolist() == [t.size]
+    assert whole.evidence["origin_floor"].tolist() == [8]
+
+
+def test_one_camera_tracking_two_objects_at_once(tiny: Registry, cfg: DetectorConfig) -> None:
+    # two drops seen by one camera, rows interleaved in time, over several batches: the
+    # camera's slot cache keeps missing, and each row must still find its own track
+    a = track(tiny, "hf1", 5, *drop(6, seed=5))
+    b = track(tiny, "hf1", 6, *drop(14, seed=6), start_ms=T0 + 120)
+    both = ReadingBatch.concat([a, b])
+    both = both.take(np.argsort(both.ts_ms, kind="stable"))
+    hf = HighfallDetector(tiny, cfg.highfall)
+    cuts = np.linspace(0, len(both), 5).astype(int)
+    det = falling(
+        Detections.concat(
+            [hf.update(both.take(np.arange(lo, hi))) for lo, hi in itertools.pairwise(cuts)]
+        )
+    )
+    ev = {k: det.evidence[k].tolist() for k in ("track_id", "origin_floor", "points_count")}
+    assert dict(zip(ev["track_id"], ev["origin_floor"], strict=True)) == {5.0: 6.0, 6.0: 14.0}
+    assert dict(zip(ev["track_id"], ev["points_count"], strict=True)) == {5.0: len(a), 6.0: len(b)}
+    assert hf.open_tracks == 0

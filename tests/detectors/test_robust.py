@@ -101,3 +101,20 @@ def test_many_series_at_once_equal_one_at_a_time() -> None:
     for i in range(m):
         alone, _ = run(scorer(), x[i])
         np.testing.assert_array_equal(got[i], alone)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_scalar_path_is_bit_for_bit_the_vector_path(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = np.cumsum(rng.standard_normal(2000)) * 0.1 + rng.standard_normal(2000)
+    x[rng.integers(0, 2000, 30)] += rng.choice([-40, 40], 30)  # outliers
+    x[1200:] += 25  # a level shift
+    x[0] = 99.0  # a first reading that is an anomaly
+    vec, one = scorer(), scorer()
+    idx = np.zeros(1, np.int32)
+    for v in x:
+        s_v, z_v, e_v, sc_v = vec.update(idx, np.array([v]))
+        s_o, z_o, e_o, sc_o = one.update_one(0, float(v))
+        assert (s_v[0], z_v[0], e_v[0], sc_v[0]) == (s_o, z_o, e_o, sc_o)
+    for k, arr in vec.state().items():
+        np.testing.assert_array_equal(arr, one.state()[k], err_msg=k)

@@ -62,7 +62,7 @@ def test_linear_rise_gives_the_true_time_to_overflow(sw: SewageDetector, tiny: R
     tto = det.evidence["time_to_overflow_s"][late]
     assert tto == pytest.approx(2375 - (det.ts_ms[late] - T0) / 1000, abs=1.0)
     assert det.evidence["slope_m_per_h"][late] == pytest.approx(7.2, rel=1e-3)
-    # first warning: once the horizon (2700 s) covers it and the level is >= 30 % of 3.95
+    # first warning: within the horizon (2400 s) once the level is >= 30 % of 3.95 m
     first_s = (det.ts_ms.min() - T0) / 1000
     assert first_s == pytest.approx(600 + (0.3 * 3.95 - 0.4) / 0.002, abs=20)
 
@@ -174,7 +174,7 @@ def test_ring_holds_the_last_window_and_fits_like_polyfit(tiny: Registry) -> Non
     li = sw.index.local_of[tiny.index("sw1")]
     yy = b.fields["level_m"][-8:]
     assert sorted(sw.ring_[li].imag.tolist()) == sorted(yy.tolist())
-    slope, _, my, count = sw._fit(np.array([li], np.int32))
+    slope, _, my, count, _ = sw._fit(np.array([li], np.intp))
     tt = (b.ts_ms[-8:] - sw.epoch_ms_[0]) / 1000.0
     assert count[0] == 8
     assert my[0] == pytest.approx(yy.astype(np.float64).mean(), rel=1e-12)
@@ -195,3 +195,14 @@ def test_ring_times_are_rebased_before_they_lose_precision(
     li = sw.index.local_of[tiny.index("sw1")]
     assert float(sw.ring_[li].real.max()) < 3 * 2**19
     assert det.evidence["slope_m_per_h"][-1] == pytest.approx(7.2, rel=1e-3)
+
+
+def test_flat_line_count_saturates_instead_of_wrapping(sw: SewageDetector, tiny: Registry) -> None:
+    t = np.arange(0, 100, 10.0)
+    level = np.full(t.size, np.float32(0.4321))
+    sw.update(series(tiny, "sw1", t, level))
+    li = sw.index.local_of[tiny.index("sw1")]
+    sw.flat_n_[li] = np.iinfo(np.int16).max - 1  # flat for ~91 hours at 10 s
+    det = of_kind(sw.update(series(tiny, "sw1", t + 100, level)), K.STUCK)
+    assert int(sw.flat_n_[li]) == np.iinfo(np.int16).max
+    assert len(det) == t.size  # still stuck, every reading

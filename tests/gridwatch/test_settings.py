@@ -79,3 +79,22 @@ def test_helpers() -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_pipeline_settings_from_env_and_their_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRIDWATCH_MQTT__QOS", "0")  # environment values arrive as text
+    monkeypatch.setenv("GRIDWATCH_PIPELINE__CHECKPOINT_INTERVAL_S", "2")
+    monkeypatch.setenv("GRIDWATCH_SIM__DEMO_FAULTS", "false")
+    s = load_settings()
+    assert (s.mqtt.qos, s.pipeline.checkpoint_interval_s, s.sim.demo_faults) == (0, 2.0, False)
+    assert s.pipeline.delay_storage_after_rows is None  # auto: by storage backend
+    monkeypatch.delenv("GRIDWATCH_PIPELINE__CHECKPOINT_INTERVAL_S")  # env outranks the file
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("[pipeline]\ncheckpoint_interval_s = 0\n")
+    with pytest.raises(ConfigError, match=r"pipeline.checkpoint_interval_s = 0: .*greater than 0"):
+        load_settings(cfg)
+    cfg.write_text("[pipeline]\nmetrics_port = 70000\n")
+    with pytest.raises(ConfigError, match=r"pipeline.metrics_port = 70000"):
+        load_settings(cfg)

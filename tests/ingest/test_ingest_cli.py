@@ -134,7 +134,7 @@ def test_ingest_into_a_database_with_metrics(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--out", "x.log", "--db", "sqlite:///x.db"], "exactly one of --db"),
+        (["--out", "x.log", "--db", "sqlite:///x.db"], "not both"),
         (
             ["--out", "x.log", "--flush-messages", "900", "--receive-maximum", "1000"],
             "at most half",

@@ -872,11 +872,11 @@
       if (!b.data || !b.data.next_cursor) return;
       b.cursors[b.page + 1] = b.data.next_cursor;
       b.page += 1;
-      loadBoard().catch(report);
+      loadBoard().then(() => window.scrollTo(0, 0)).catch(report);
     });
     $("#page-prev").addEventListener("click", () => {
       if (state.board.page > 0) state.board.page -= 1;
-      loadBoard().catch(report);
+      loadBoard().then(() => window.scrollTo(0, 0)).catch(report);
     });
     $("#page-first").addEventListener("click", () => {
       resetPaging();
