@@ -268,7 +268,7 @@ class AlertService:
             sid = db.add_silence(conn, self.storage, row)
         log.info(
             "silence added",
-            extra={"silence_id": sid, "level": level, "target": target, "user": user},
+            extra={"silence_id": sid, "scope": level, "target": target, "user": user},
         )
         return Silence(
             level,
@@ -435,7 +435,7 @@ class AlertService:
                     "plan activated",
                     extra={
                         "plan": plan,
-                        "level": level,
+                        "scope": level,
                         "area": area,
                         "grids": len(grids),
                         "user": user,

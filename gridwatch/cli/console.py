@@ -148,6 +148,8 @@ def _read_password(from_stdin: bool) -> str:
         line = sys.stdin.readline()
         password = line.rstrip("\r\n")
     else:
+        if not sys.stdin.isatty():
+            raise ConfigError("no terminal to ask for the password: pipe it with --password-stdin")
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
             raise ConfigError("the passwords differ")
