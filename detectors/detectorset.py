@@ -30,7 +30,7 @@ from detectors._core import BatchPlan
 from detectors.config import DetectorConfig, load_config
 from detectors.elevator import ElevatorDetector
 from detectors.generic import GenericDetector
-from detectors.highfall import HighfallDetector
+from detectors.highfall import HighfallDetector, state_from_points
 from detectors.sewage import SewageDetector
 from gridwatch.batch import Detections, ReadingBatch
 from gridwatch.domain import DeviceKind
@@ -38,8 +38,12 @@ from gridwatch.registry import Registry
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 2
-"""2: elevator flags_ int32 with vib_n_ apart (1: int64 flags_ holding the counters)."""
+CHECKPOINT_VERSION = 3
+"""3: highfall open tracks as running sums (``moments_``, ``full_ms_``) instead of their
+points; a version-2 checkpoint is converted on load (``highfall.state_from_points``).
+2: elevator flags_ int32 with vib_n_ apart (1: int64 flags_ holding the counters; refused).
+"""
+_CONVERTIBLE = {2}
 
 
 def registry_digest(registry: Registry) -> npt.NDArray[np.uint8]:
@@ -137,11 +141,14 @@ class DetectorSet:
     def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
         """Restore every detector; refuses state of another registry or layout, atomically."""
         version = state.get("meta/version")
-        if version is None or int(np.asarray(version)[0]) != CHECKPOINT_VERSION:
+        v = None if version is None else int(np.asarray(version).reshape(-1)[0])
+        if v not in {CHECKPOINT_VERSION, *_CONVERTIBLE}:
             raise ValueError(
-                f"detector checkpoint version {None if version is None else int(version[0])}, "
-                f"expected {CHECKPOINT_VERSION}"
+                f"detector checkpoint version {v}, expected {CHECKPOINT_VERSION} "
+                f"(or {', '.join(map(str, sorted(_CONVERTIBLE)))}, converted on load)"
             )
+        if v == 2:  # highfall kept each open track's points: now their running sums
+            state = _highfall_points_to_moments(state, self.highfall.params.max_points)
         digest = np.asarray(state.get("meta/registry_sha256", np.zeros(0, np.uint8)))
         if digest.shape != self._digest.shape or not np.array_equal(digest, self._digest):
             n = state.get("meta/n_devices")
@@ -189,3 +196,18 @@ class DetectorSet:
             raise ValueError(f"{path}: not a detector checkpoint: {exc}") from exc
         self.load_state(state)
         log.info("detector checkpoint loaded", extra={"path": str(path)})
+
+
+def _highfall_points_to_moments(
+    state: Mapping[str, npt.NDArray[Any]], max_points: int
+) -> dict[str, npt.NDArray[Any]]:
+    """A version-2 checkpoint with its ``highfall/`` arrays in the version-3 layout."""
+    prefix = "highfall/"
+    old = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    try:
+        new = state_from_points(old, max_points)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ValueError(f"version-2 highfall state cannot be converted: {exc!r}") from exc
+    out.update({prefix + k: v for k, v in new.items()})
+    return out

@@ -15,7 +15,15 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from detectors._core import BatchPlan, KindIndex, Round, StateArrays, checked_state
+from detectors._core import (
+    CHUNK_ROWS,
+    BatchPlan,
+    KindIndex,
+    Round,
+    StateArrays,
+    checked_state,
+    run_slice,
+)
 from detectors.config import ChannelParams, GenericParams
 from detectors.robust import RobustScorer
 from gridwatch.batch import Detections, ReadingBatch
@@ -156,7 +164,12 @@ class GenericDetector:
     # -- streaming ---------------------------------------------------------------
 
     def update(self, batch: ReadingBatch) -> Detections:
-        return self.update_scores(batch)[0]
+        """Detections of ``batch`` (``update_scores`` also returns the per-row scores)."""
+        if batch.kind != self.device_kind:
+            raise ValueError(f"generic[{self.device_kind.value}] got a {batch.kind.value} batch")
+        if len(batch) == 0:
+            return Detections.empty()
+        return self.update_plan(BatchPlan(batch, self.index))
 
     def update_scores(
         self, batch: ReadingBatch
@@ -200,71 +213,126 @@ class GenericDetector:
         scores: dict[str, npt.NDArray[np.float32]],
         parts: list[Detections],
     ) -> None:
-        rows, loc, ts = r.rows, r.loc, r.ts_ms
-        self.last_seen_ms_[loc] = ts
+        """One round, in chunks of ``CHUNK_ROWS`` rows.
+
+        Every check is per row (a round holds each device at most once), so chunks are
+        independent and give bit-identical results; a chunk's temporaries stay in the
+        core's cache, where a whole fleet batch's (dozens of passes over megabytes)
+        would stream through memory. Detections keep the unchunked order: per channel,
+        anomaly scores, then range, then stuck.
+        """
+        loc = r.loc
+        chans = [ch for ch in self.channels if r.has(ch.field)]
+        for ch in chans:
+            if ch.stuck is not None and ch.stuck.epoch_ms_[0] < 0:
+                x = r.col(ch.field)
+                ok = np.isfinite(x)  # the first finite reading's second starts the epoch
+                if ok.any():
+                    first = int(r.ts_ms[ok].min())
+                    ch.stuck.epoch_ms_[0] = (first // MS_PER_S) * MS_PER_S
+        found: list[list[Detections]] = [[] for _ in range(3 * len(chans))]
+        # whole columns first: their gathers read the batch at random rows, fast while
+        # its columns are in cache (per chunk, they were evicted by the chunk's work)
+        ts = r.ts_ms
+        self.last_seen_ms_[run_slice(loc)] = ts
+        cols = [r.col(ch.field) for ch in chans]
+        m = loc.size
+        for lo in range(0, m, CHUNK_ROWS):
+            hi = min(lo + CHUNK_ROWS, m)
+            c_loc, c_ts = loc[lo:hi], ts[lo:hi]
+            c_rows = None if r.rows is None else r.rows[lo:hi]
+            for k, ch in enumerate(chans):
+                self._channel(
+                    ch,
+                    cols[k][lo:hi],
+                    c_loc,
+                    c_ts,
+                    c_rows,
+                    lo,
+                    scores,
+                    found[3 * k : 3 * k + 3],
+                )
+        parts.extend(Detections.concat(f) for f in found if f)
+
+    def _channel(  # noqa: PLR0917
+        self,
+        ch: _Channel,
+        x: npt.NDArray[Any],
+        loc: npt.NDArray[np.intp],
+        ts: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.intp] | None,
+        base: int,
+        scores: dict[str, npt.NDArray[np.float32]],
+        found: list[list[Detections]],
+    ) -> None:
+        """One channel's checks on rows of distinct devices (``rows``: their batch rows;
+        None: batch rows ``base`` on); detections go to ``found`` (score, range, stuck)."""
         devices = self.index.devices
-        for ch in self.channels:
-            x = r.get(ch.field)
-            if x is None:
-                continue
-            ok = np.isfinite(x)
-            out_rows: npt.NDArray[np.intp] | None = rows
-            cloc, cts = loc, ts
-            if not ok.all():
-                sel = np.flatnonzero(ok)
-                x, cloc, cts = x[sel], loc[sel], ts[sel]
-                out_rows = sel if rows is None else rows[sel]
-            if x.size == 0:
-                continue
-            x64 = x.astype(np.float64)
-            if ch.scorer is not None:
-                score, z, expected, scale = ch.scorer.update(cloc, x64)
-                col_scores = scores.get(ch.field)
-                if col_scores is not None:
-                    if out_rows is None:
-                        col_scores[:] = score
-                    else:
-                        col_scores[out_rows] = score
-                hit = np.flatnonzero(score >= self.params.emit_score)
-                if hit.size:
-                    parts.append(
-                        Detections.of(
-                            DetectionKind.ANOMALY_SCORE,
-                            devices[cloc[hit]],
-                            cts[hit],
-                            score[hit],
-                            **{
-                                ch.field: x64[hit],
-                                evidence_name(ch.field, "expected"): expected[hit],
-                                evidence_name(ch.field, "scale"): scale[hit],
-                                "z_sigmas": z[hit],
-                            },
-                        )
+        cloc, cts = loc, ts
+        sel: npt.NDArray[np.intp] | None = None
+        # a finite sum means every value is finite (NaN and inf propagate), and float32
+        # values cannot overflow a float64 sum: one read pass, no mask, in the usual case
+        if not np.isfinite(np.add.reduce(x, dtype=np.float64)):
+            sel = np.flatnonzero(np.isfinite(x))
+            x, cloc, cts = x[sel], loc[sel], ts[sel]
+        if x.size == 0:
+            return
+        x64 = x.astype(np.float64)
+        at_state = cloc if sel is not None else run_slice(cloc)
+        if ch.scorer is not None:
+            score, z, expected, scale = ch.scorer.update(at_state, x64)
+            col_scores = scores.get(ch.field)
+            if col_scores is not None:
+                if rows is None:
+                    at = np.arange(base, base + loc.size) if sel is None else sel + base
+                else:
+                    at = rows if sel is None else rows[sel]
+                col_scores[at] = score
+            emit = self.params.emit_score
+            if emit > 0:  # only rows the scorer flagged can reach it
+                sc = ch.scorer.scored
+                hit = sc[score[sc] >= emit]
+            else:
+                hit = np.flatnonzero(score >= emit)
+            if hit.size:
+                found[0].append(
+                    Detections.of(
+                        DetectionKind.ANOMALY_SCORE,
+                        devices[cloc[hit]],
+                        cts[hit],
+                        score[hit],
+                        **{
+                            ch.field: x64[hit],
+                            evidence_name(ch.field, "expected"): expected[hit],
+                            evidence_name(ch.field, "scale"): scale[hit],
+                            "z_sigmas": z[hit],
+                        },
                     )
-            # per-device upper bounds are gathered only for values above the lowest one
-            maybe = np.flatnonzero((x64 < ch.lo) | (x64 > ch.hi_min))
-            if maybe.size:
-                hi = ch.hi[cloc[maybe]]
-                xm = x64[maybe]
-                bad = np.flatnonzero((xm < ch.lo) | (xm > hi))
-                if bad.size:
-                    rows_bad = maybe[bad]
-                    range_ev: dict[str, Any] = {
-                        ch.field: xm[bad],
-                        evidence_name(ch.field, "min"): ch.lo,
-                        evidence_name(ch.field, "max"): hi[bad],
-                    }
-                    parts.append(
-                        Detections.of(
-                            DetectionKind.OUT_OF_RANGE,
-                            devices[cloc[rows_bad]],
-                            cts[rows_bad],
-                            1.0,
-                            **range_ev,
-                        )
+                )
+        # per-device upper bounds are gathered only for values above the lowest one
+        maybe = np.flatnonzero((x64 < ch.lo) | (x64 > ch.hi_min))
+        if maybe.size:
+            hi = ch.hi[cloc[maybe]]
+            xm = x64[maybe]
+            bad = np.flatnonzero((xm < ch.lo) | (xm > hi))
+            if bad.size:
+                rows_bad = maybe[bad]
+                range_ev: dict[str, Any] = {
+                    ch.field: xm[bad],
+                    evidence_name(ch.field, "min"): ch.lo,
+                    evidence_name(ch.field, "max"): hi[bad],
+                }
+                found[1].append(
+                    Detections.of(
+                        DetectionKind.OUT_OF_RANGE,
+                        devices[cloc[rows_bad]],
+                        cts[rows_bad],
+                        1.0,
+                        **range_ev,
                     )
-            if ch.stuck is not None:
-                parts.append(self._stuck(ch, ch.stuck, cloc, x, cts))
+                )
+        if ch.stuck is not None:
+            found[2].append(self._stuck(ch, ch.stuck, cloc, x, cts, at_state=at_state))
 
     def _stuck(
         self,
@@ -273,12 +341,17 @@ class GenericDetector:
         loc: npt.NDArray[np.intp],
         x: npt.NDArray[Any],
         ts: npt.NDArray[np.int64],
+        *,
+        at_state: npt.NDArray[np.intp] | slice,
     ) -> Detections:
-        if st.epoch_ms_[0] < 0:
+        """Stuck runs of ``loc``'s devices (``at_state``: ``loc`` or the same run as a
+        slice) after readings ``x``."""
+        if st.epoch_ms_[0] < 0:  # (set by _step from the whole round)
             st.epoch_ms_[0] = (int(ts.min()) // MS_PER_S) * MS_PER_S
         m = loc.size
         # the packed uint64 as two uint32 halves (views): start << 8 | count, value bits
-        halves = st.run_[loc].view(np.uint32).reshape(m, 2)
+        # (a view of the state for a slice: every read below comes before the write)
+        halves = st.run_[at_state].view(np.uint32).reshape(m, 2)
         bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
         same = halves[:, _HI] == bits
         now_s = ((ts - st.epoch_ms_[0]) // MS_PER_S).astype(np.uint32)
@@ -291,7 +364,7 @@ class GenericDetector:
             low = now_s << 8
             low |= 1
             new[:, _LO] = low
-            st.run_[loc] = new.view(np.uint64).reshape(m)
+            st.run_[at_state] = new.view(np.uint64).reshape(m)
             if need > 1 or min_s > 0:
                 return Detections.empty()
             start, count = now_s, np.ones(m, dtype=np.uint32)
@@ -300,7 +373,7 @@ class GenericDetector:
             start = np.where(same, old >> 8, now_s)
             count = np.where(same, np.minimum((old & 0xFF) + 1, 0xFF), 1).astype(np.uint32)
             new[:, _LO] = (start << 8) | count
-            st.run_[loc] = new.view(np.uint64).reshape(m)
+            st.run_[at_state] = new.view(np.uint64).reshape(m)
         held_s = ((now_s - start) & _START_MASK).astype(np.float64)
         hit = np.flatnonzero((count >= need) & (held_s >= min_s))
         if hit.size == 0:

@@ -1,13 +1,20 @@
 """High-altitude falling objects: one batched least-squares fit per closed camera track.
 
-Points of a track (``track_id`` > 0) arrive one reading per frame, over several batches;
-they are appended to an open-track pool keyed by ``(device, track_id)``. A track closes
-on its ``end`` = 1 point (same ``update``, so the verdict comes with the last point) or
-after ``track_timeout_s`` without points (``tick``). All tracks closed together are fitted
-at once on padded ``(tracks, points)`` arrays:
+Points of a track (``track_id`` > 0) arrive one reading per frame, over several batches,
+into an open-track pool keyed by ``(device, track_id)``. The pool keeps no points: a
+least-squares fit needs only sums over them (the moments ``MOMENTS``: powers of time,
+height and horizontal position times powers of time), so each point is added to its
+track's running sums as it arrives (``np.add.at``: one unbuffered pass per moment, in row
+order, so a track's sums are accumulated point by point in its own order whatever the
+batching, and a split batch gives bit-identical state). A track closes on its ``end`` = 1
+point (same ``update``, so the verdict comes with the last point) or after
+``track_timeout_s`` without points (``tick``). All tracks closed together are solved at
+once from their sums, ``O(tracks)``, whatever their lengths:
 
 * height ``h(t) = a + b t + c t^2`` (``g' = -2c``) and horizontal drift ``x = d + e t``,
-  from closed-form normal equations (no per-track solver call);
+  from closed-form normal equations in time centred on each track's mean (the raw sums,
+  in seconds since the track's first point, are centred exactly by the binomial
+  formulas; no per-track solver call);
 * a falling object has ``g'`` near 9.81 m/s^2 (light drag lowers it, hence the
   ``[g_min, g_max]`` band), a curvature that is significant (``g' / se(g')``, so a short
   noisy rain streak cannot pass by chance), small residuals, little horizontal speed, and
@@ -29,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from detectors._core import KindIndex
+from detectors._core import CHUNK_ROWS, KindIndex
 from detectors.config import HighfallParams
 from gridwatch.batch import Detections, ReadingBatch
 from gridwatch.domain import DetectionKind, DeviceKind
@@ -38,6 +45,21 @@ from gridwatch.registry import Registry
 MS_PER_S = 1000
 _KEY_SHIFT = 32
 _INITIAL_SLOTS = 256
+_NO_TIME = np.iinfo(np.int64).max
+
+MOMENTS = ("t", "t2", "t3", "t4", "h", "ht", "ht2", "hh", "x", "xt", "xx")
+"""Per-track sums over its kept points, ``t`` in seconds since the track's first point:
+``t2`` is the sum of t^2, ``ht`` of height * t, ``xx`` of horizontal^2, and so on."""
+_T, _T2, _T3, _T4, _H, _HT, _HT2, _HH, _X, _XT, _XX = range(len(MOMENTS))
+_PAIRS: tuple[tuple[int, int | None], ...] = (
+    (_T, _T2),
+    (_T3, _T4),
+    (_H, _X),
+    (_HT, _XT),
+    (_HT2, _HH),
+    (_XX, None),
+)
+"""How the pool stores the moments: (real part, imaginary part) of each complex sum."""
 
 
 class HighfallDetector:
@@ -65,47 +87,50 @@ class HighfallDetector:
     # -- open-track pool -----------------------------------------------------------
 
     def _alloc(self, cap: int) -> None:
-        # one spare column per slot: points beyond max_points are written there (and
-        # never read) instead of being filtered out of every batch; entries at or beyond
-        # a track's point count are stale (a reused slot is not cleared) and never read:
-        # the fit weighs them 0 and state() exports zeros there
-        p = self.params.max_points + 1
-        self._t = np.zeros((cap, p), dtype=np.float32)
-        self._hx = np.zeros((cap, p), dtype=np.complex64)  # height + 1j * horizontal
+        # one spare column of sums (index cap): points beyond a track's max_points are
+        # added there (and never read) instead of being filtered out of the columns
+        # the moments in pairs, one complex number each (``_PAIRS``): np.add.at adds
+        # both halves in one pass, and complex addition is exactly two real additions
+        self._sums = np.zeros((len(_PAIRS), cap + 1), dtype=np.complex128)
         self._n = np.zeros(cap, dtype=np.int32)
         self._t0 = np.zeros(cap, dtype=np.int64)
         self._last = np.zeros(cap, dtype=np.int64)
+        self._full = np.full(cap, _NO_TIME, dtype=np.int64)  # time of the max_points-th point
         self._key = np.full(cap, -1, dtype=np.int64)
         self._used = np.zeros(cap, dtype=np.bool_)
 
+    @property
+    def _cap(self) -> int:
+        return int(self._key.size)
+
     def _grow(self, need: int) -> None:
-        cap = self._n.size
+        cap = self._cap
         new_cap = cap
         while new_cap < need:
             new_cap *= 2
         if new_cap == cap:
             return
         old: list[npt.NDArray[Any]] = [
-            self._t,
-            self._hx,
+            self._sums,
             self._n,
             self._t0,
             self._last,
+            self._full,
             self._key,
             self._used,
         ]
         self._alloc(new_cap)
         new: list[npt.NDArray[Any]] = [
-            self._t,
-            self._hx,
+            self._sums,
             self._n,
             self._t0,
             self._last,
+            self._full,
             self._key,
             self._used,
         ]
         for dst, src in zip(new, old, strict=True):
-            dst[:cap] = src
+            dst[..., :cap] = src[..., :cap]
 
     def _index_keys(self) -> None:
         slots = np.flatnonzero(self._used)
@@ -138,41 +163,41 @@ class HighfallDetector:
     # -- state -------------------------------------------------------------------
 
     def state(self) -> dict[str, npt.NDArray[Any]]:
-        """Open tracks sorted by key: the same tracks give the same state, whatever slots."""
+        """Open tracks sorted by key: the same tracks give the same state, whatever slots.
+
+        ``moments_`` holds each track's sums (columns in ``MOMENTS`` order); ``full_ms_``
+        the time of its ``max_points``-th point (int64 max until then).
+        """
         s = self._sorted_slots
-        p = self.params.max_points
-        n = self._n[s]
-        stale = np.arange(p)[None, :] >= n[:, None]
-        t = self._t[s, :p]
-        hx = self._hx[s, :p]
-        h, x = hx.real.copy(), hx.imag.copy()
-        for a in (t, h, x):
-            a[stale] = 0.0
         return {
             "key_": self._key[s].copy(),
-            "n_points_": n.copy(),
+            "n_points_": self._n[s].copy(),
             "t0_ms_": self._t0[s].copy(),
             "last_ms_": self._last[s].copy(),
-            "t_s_": t,
-            "height_m_": h,
-            "horizontal_m_": x,
+            "full_ms_": self._full[s].copy(),
+            "moments_": np.ascontiguousarray(self._moments(s).T),
         }
 
     def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
         names = set(self.state())
         if set(state) != names:
+            hint = (
+                " (a version 2 checkpoint's point arrays: see detectors.highfall.state_from_points)"
+                if "t_s_" in state
+                else ""
+            )
             raise ValueError(
                 f"highfall state does not match: missing {sorted(names - set(state))}, "
-                f"unexpected {sorted(set(state) - names)}"
+                f"unexpected {sorted(set(state) - names)}{hint}"
             )
         key = np.asarray(state["key_"], dtype=np.int64)
-        m, p = key.size, self.params.max_points
-        for name in ("t_s_", "height_m_", "horizontal_m_"):
-            if np.shape(state[name]) != (m, p):
-                raise ValueError(
-                    f"highfall state {name!r}: expected shape {(m, p)}, got {np.shape(state[name])}"
-                )
-        for name in ("n_points_", "t0_ms_", "last_ms_"):
+        m = key.size
+        if np.shape(state["moments_"]) != (m, len(MOMENTS)):
+            raise ValueError(
+                f"highfall state 'moments_': expected shape {(m, len(MOMENTS))}, "
+                f"got {np.shape(state['moments_'])}"
+            )
+        for name in ("n_points_", "t0_ms_", "last_ms_", "full_ms_"):
             if np.shape(state[name]) != (m,):
                 raise ValueError(
                     f"highfall state {name!r}: expected shape {(m,)}, got {np.shape(state[name])}"
@@ -185,9 +210,12 @@ class HighfallDetector:
         self._n[:m] = state["n_points_"]
         self._t0[:m] = state["t0_ms_"]
         self._last[:m] = state["last_ms_"]
-        self._t[:m, :p] = state["t_s_"]
-        self._hx.real[:m, :p] = state["height_m_"]
-        self._hx.imag[:m, :p] = state["horizontal_m_"]
+        self._full[:m] = state["full_ms_"]
+        moments = np.asarray(state["moments_"], dtype=np.float64).T
+        for i, (re, im) in enumerate(_PAIRS):
+            self._sums[i, :m].real = moments[re]
+            if im is not None:
+                self._sums[i, :m].imag = moments[im]
         self._used[:m] = True
         self._index_keys()
 
@@ -201,9 +229,8 @@ class HighfallDetector:
         f = batch.fields
         track, device, ts = f["track_id"], batch.device, batch.ts_ms
         h, x, end = f["height_m"], f["horizontal_m"], f["end"]
-        is_point = track > 0
-        if not is_point.all():  # heartbeats and other rows without a track
-            rows = np.flatnonzero(is_point)
+        if int(track.min()) <= 0:  # heartbeats and other rows without a track
+            rows = np.flatnonzero(track > 0)
             if rows.size == 0:
                 return Detections.empty()
             track, device, ts = track[rows], device[rows], ts[rows]
@@ -211,16 +238,19 @@ class HighfallDetector:
         cam = self.index.local(device)  # also rejects devices of another kind
         end = end >= 0.5
         keys = device.astype(np.int64) << _KEY_SHIFT
-        keys |= track.astype(np.int64)
-        point = np.isfinite(h)
-        point &= np.isfinite(x)
+        keys |= track if track.dtype == np.int64 else track.astype(np.int64)
+        # finite sums (float64, of float32 values: no overflow) mean every value is finite
+        finite = np.isfinite(
+            np.add.reduce(h, dtype=np.float64) + np.add.reduce(x, dtype=np.float64)
+        )
+        point = None if finite else np.isfinite(h) & np.isfinite(x)
 
         parts: list[Detections] = []
         slot = np.full(keys.size, -1, dtype=np.intp)
-        if point.all():
+        if point is None:
             closed, slot = self._append(keys, cam, ts, h, x)
             parts.append(closed)
-        elif point.any():
+        elif point.any():  # (rows with NaN or infinite coordinates are not points)
             p = np.flatnonzero(point)
             closed, slot[p] = self._append(keys[p], cam[p], ts[p], h[p], x[p])
             parts.append(closed)
@@ -231,7 +261,7 @@ class HighfallDetector:
             unknown = np.flatnonzero(es < 0)
             if unknown.size:
                 es[unknown] = self._lookup(keys[e[unknown]])
-            parts.append(self._close(np.unique(es[es >= 0])))
+            parts.append(self._close(es[es >= 0]))
         return Detections.concat(parts)
 
     def _append(
@@ -242,12 +272,12 @@ class HighfallDetector:
         h: npt.NDArray[np.float32],
         x: npt.NDArray[np.float32],
     ) -> tuple[Detections, npt.NDArray[np.intp]]:
-        """Append points to their tracks' slots, opening slots for new tracks.
+        """Add points to their tracks' sums, opening slots for new tracks.
 
-        Rows are grouped by slot with one stable sort of small integers (a radix sort
-        while the pool has at most 65,536 slots), which also gives each point's rank
-        within its track in this batch. Returns the tracks closed to make room and each
-        row's slot.
+        No grouping by track: every per-track update is an unbuffered scatter
+        (``np.add.at``, ``np.maximum.at``) in row order. Only rows of tracks that pass
+        ``max_points`` in this batch are ranked within their track (a small sort), to
+        keep the first points. Returns the tracks closed to make room and each row's slot.
         """
         closed = Detections.empty()
         # A camera rarely tracks two objects at once: try its latest track's slot first.
@@ -257,35 +287,107 @@ class HighfallDetector:
             closed, found = self._resolve(keys[miss], cam[miss], ts[miss], slot, miss)
             slot[miss] = found
             self._cam_slot[cam[miss]] = found  # a cache: any of a camera's slots will do
-        small = np.uint16 if self._n.size <= 1 << 16 else np.uint32
-        order = np.argsort(slot.astype(small), kind="stable")
-        ss = slot[order]
-        n_rows = ss.size
-        first = np.empty(n_rows, dtype=np.bool_)
-        first[0] = True
-        np.not_equal(ss[1:], ss[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        counts = np.diff(np.append(starts, n_rows))
-        slots = ss[starts]
-        # position of each point within its track: points so far + rank in this batch
-        rank = np.arange(n_rows) - np.repeat(starts, counts)
-        pos = np.empty(n_rows, dtype=np.intp)
-        pos[order] = rank + np.repeat(self._n[slots], counts)
-        self._n[slots] = np.minimum(self._n[slots] + counts, self.params.max_points)
-        self._last[slots] = np.maximum(self._last[slots], ts[order[starts + counts - 1]])
-        # write in row order (no gather of the columns): flat position of each point;
-        # only the first max_points are kept, later ones land in the spare column
+        m = slot.size
+        n_before = self._n.copy()
+        np.add.at(self._n, slot, np.ones(m, dtype=np.int32))  # (a scalar 1 is ~30x slower)
+        np.maximum.at(self._last, slot, ts)
         p = self.params.max_points
-        if int(pos.max()) > p:
-            np.minimum(pos, p, out=pos)
-        flat = slot * (p + 1)
-        flat += pos
-        self._t.reshape(-1)[flat] = (ts - self._t0[slot]) * (1.0 / MS_PER_S)
-        hx = np.empty(flat.size, dtype=np.complex64)
-        hx.real = h
-        hx.imag = x
-        self._hx.reshape(-1)[flat] = hx
+        into = slot
+        if int(self._n.max()) >= p:
+            into = self._cap_points(slot, ts, p, n_before)
+        for lo in range(0, m, CHUNK_ROWS):  # a chunk's temporaries stay in cache
+            hi = min(lo + CHUNK_ROWS, m)
+            self._add_moments(slot[lo:hi], into[lo:hi], ts[lo:hi], h[lo:hi], x[lo:hi])
         return closed, slot
+
+    def _moments(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+        """The moments of ``slots``, ``(len(MOMENTS), slots)``."""
+        out = np.zeros((len(MOMENTS), slots.size), dtype=np.float64)
+        for i, (re, im) in enumerate(_PAIRS):
+            c = self._sums[i, slots]
+            out[re] = c.real
+            if im is not None:
+                out[im] = c.imag
+        return out
+
+    def _add_moments(
+        self,
+        slot: npt.NDArray[np.intp],
+        into: npt.NDArray[np.intp],
+        ts: npt.NDArray[np.int64],
+        h: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+    ) -> None:
+        """Add rows' terms to the sums of slots ``into`` (time since ``slot``'s start).
+
+        Each pair of terms is written into the halves of one complex buffer and added
+        with one ``np.add.at``; products are float64 (float32 inputs are widened)."""
+        t = np.subtract(ts, self._t0[slot], dtype=np.float64)  # exact: ms below 2^53
+        t *= 1.0 / MS_PER_S
+        t2 = t * t
+        c = np.empty(t.size, dtype=np.complex128)
+        re, im = c.real, c.imag
+        sums = self._sums
+        f64 = np.float64
+        re[...], im[...] = t, t2
+        np.add.at(sums[0], into, c)
+        np.multiply(t2, t, out=re)
+        np.multiply(t2, t2, out=im)
+        np.add.at(sums[1], into, c)
+        re[...], im[...] = h, x
+        np.add.at(sums[2], into, c)
+        np.multiply(h, t, out=re, dtype=f64)
+        np.multiply(x, t, out=im, dtype=f64)
+        np.add.at(sums[3], into, c)
+        np.multiply(h, t2, out=re, dtype=f64)
+        np.multiply(h, h, out=im, dtype=f64)
+        np.add.at(sums[4], into, c)
+        np.multiply(x, x, out=re, dtype=f64)
+        im[...] = 0.0
+        np.add.at(sums[5], into, c)
+
+    def _cap_points(
+        self,
+        slot: npt.NDArray[np.intp],
+        ts: npt.NDArray[np.int64],
+        p: int,
+        n_before: npt.NDArray[np.int32],
+    ) -> npt.NDArray[np.intp]:
+        """Rows' target slots, points beyond a track's first ``p`` sent to the spare slot;
+        counts are capped at ``p`` and the time of each track's ``p``-th point recorded.
+
+        ``self._n`` already counts this batch's rows (``n_before`` did not). Rows of
+        tracks full before the batch are all dropped; only rows of tracks that reach
+        ``p`` in this batch are ranked within their track (a stable sort by slot of those
+        rows alone: rows of one track keep their order).
+        """
+        n = self._n
+        full = n_before >= p
+        into = slot
+        if full.any():
+            into = np.where(full[slot], self._cap, slot)
+        reach = n >= p
+        reach &= ~full
+        if reach.any():
+            rows = np.flatnonzero(reach[slot])
+            sub = slot[rows]
+            small = np.uint16 if self._cap <= 1 << 16 else np.uint32  # radix: 16 bits
+            order = np.argsort(sub.astype(small), kind="stable")
+            rows, sub = rows[order], sub[order]
+            first = np.empty(sub.size, dtype=np.bool_)
+            first[0] = True
+            np.not_equal(sub[1:], sub[:-1], out=first[1:])
+            starts = np.flatnonzero(first)
+            counts = np.diff(np.append(starts, sub.size))
+            before = np.repeat(n_before[sub[starts]], counts)
+            pos = before + (np.arange(sub.size) - np.repeat(starts, counts))
+            if into is slot:
+                into = slot.copy()
+            into[rows[pos >= p]] = self._cap  # the spare slot: added, never read
+            fills = np.flatnonzero(pos == p - 1)
+            self._full[sub[fills]] = ts[rows[fills]]
+        np.minimum(n, p, out=n)
+        return into
 
     def _resolve(
         self,
@@ -341,12 +443,15 @@ class HighfallDetector:
         """Slots for new tracks (``keys`` sorted, distinct) starting at ``first_ts``."""
         free = np.flatnonzero(~self._used)
         if free.size < keys.size:
-            self._grow(int(self._n.size + keys.size))
+            self._grow(self._cap + keys.size)
             free = np.flatnonzero(~self._used)
         got = free[: keys.size]
         self._used[got] = True
         self._key[got] = keys
         self._n[got] = 0
+        self._sums[:, got] = 0.0
+        self._last[got] = first_ts
+        self._full[got] = _NO_TIME
         self._t0[got] = first_ts
         self._insert_keys(keys, got)
         return got
@@ -370,9 +475,12 @@ class HighfallDetector:
         if slots.size == 0:
             return Detections.empty()
         slots = np.sort(slots)
+        if slots.size > 1:  # distinct (several end rows of one track close it once)
+            slots = slots[np.append(True, slots[1:] != slots[:-1])]
         det = self.fit(slots)
         self._used[slots] = False
         self._key[slots] = -1  # never matches a real key (the camera cache checks keys)
+        self._n[slots] = 0  # (so only open tracks can be full: see _cap_points)
         self._drop_unused()
         return det
 
@@ -382,13 +490,10 @@ class HighfallDetector:
         """Fit and classify the given open tracks; falling objects as detections."""
         p = self.params
         n = self._n[slots]
-        width = max(int(n.max()), 1)
-        t = self._t[slots, :width].astype(np.float64)
-        hx = self._hx[slots, :width]
-        h = hx.real.astype(np.float64)
-        x = hx.imag.astype(np.float64)
-        w = (np.arange(width)[None, :] < n[:, None]).astype(np.float64)
-        res = fit_tracks(t, h, x, w)
+        t_last = (np.minimum(self._last[slots], self._full[slots]) - self._t0[slots]) * (
+            1.0 / MS_PER_S
+        )
+        res = solve_moments(n.astype(np.float64), self._moments(slots), t_last)
         dev_local = self.index.local_of[(self._key[slots] >> _KEY_SHIFT).astype(np.int32)]
         fh = self._floor_h[dev_local]
         floors = self._floors[dev_local]
@@ -457,11 +562,14 @@ def fit_tracks(
     x: npt.NDArray[np.float64],
     w: npt.NDArray[np.float64],
 ) -> dict[str, npt.NDArray[np.float64]]:
-    """Weighted least squares for many padded tracks at once (``w`` = 1 on real points).
+    """Weighted least squares for many padded tracks at once (``w`` = 1 on real points,
+    a prefix of each row).
 
-    Time is centred on each track's mean (``t_mid_s``) so the normal equations stay well
-    conditioned. Returns per track the coefficients (``a``, ``b``, ``c`` of height in
-    centred time; ``d``, ``e`` of horizontal), ``g_mps2`` = -2c and its significance
+    The moments (``MOMENTS``, time since each track's first point) are summed with one
+    einsum pass each, then solved by ``solve_moments`` as the detector's running sums
+    are; times in the result are back in ``t``'s time base. Returns per track the
+    coefficients (``a``, ``b``, ``c`` of height in time centred on the track's mean
+    ``t_mid_s``; ``d``, ``e`` of horizontal), ``g_mps2`` = -2c and its significance
     ``g_sigmas``, RMS residuals, horizontal speed, fitted drop and duration.
 
     >>> tt = np.linspace(0, 1, 11)[None, :]
@@ -469,56 +577,84 @@ def fit_tracks(
     >>> round(float(r["g_mps2"][0]), 3), round(float(r["drop_m"][0]), 3)
     (9.81, 4.905)
     """
-    # Every sum over a track's points is one einsum pass (no (tracks, points) temporary),
-    # and residuals come from the normal equations (RSS = y'y - beta'X'y, exact for the
-    # least-squares beta; the sums are centred, so cancellation costs ~1e-10 relative).
     n = w.sum(axis=1)
-    nn = np.maximum(n, 1.0)
-    mid = _rowdot(w, t) / nn
-    tau = t - mid[:, None]
-    tau *= w
-    tau2 = tau * tau
-    s1 = tau.sum(axis=1)
-    s2 = tau2.sum(axis=1)
-    s3 = _rowdot(tau2, tau)
-    s4 = _rowdot(tau2, tau2)
+    t_first = t[:, 0]
+    u = t - t_first[:, None]
+    u *= w
+    u2 = u * u
     hw = h * w
-    y0 = hw.sum(axis=1)
-    y1 = _rowdot(hw, tau)
-    y2 = _rowdot(hw, tau2)
-    # Cramer's rule on [[n, s1, s2], [s1, s2, s3], [s2, s3, s4]] @ [a, b, c] = [y0, y1, y2]
+    xw = x * w
+    sums = np.stack(
+        [
+            u.sum(axis=1),
+            u2.sum(axis=1),
+            _rowdot(u2, u),
+            _rowdot(u2, u2),
+            hw.sum(axis=1),
+            _rowdot(hw, u),
+            _rowdot(hw, u2),
+            _rowdot(hw, h),
+            xw.sum(axis=1),
+            _rowdot(xw, u),
+            _rowdot(xw, x),
+        ]
+    )
+    last_i = np.maximum(n.astype(np.int64) - 1, 0)
+    t_last = t[np.arange(t.shape[0]), last_i]
+    res = solve_moments(n, sums, t_last - t_first)
+    for k in ("t_mid_s", "t_first_s", "t_last_s"):
+        res[k] = res[k] + t_first
+    return res
+
+
+def solve_moments(
+    n: npt.NDArray[np.float64],
+    sums: npt.NDArray[np.float64],
+    t_last: npt.NDArray[np.float64],
+) -> dict[str, npt.NDArray[np.float64]]:
+    """The least-squares fits of tracks from their moments (``sums``: ``MOMENTS`` rows,
+    one column per track, time in seconds since each track's first point; ``n`` points,
+    the last at ``t_last``). See ``fit_tracks`` for what it returns.
+
+    The raw sums are centred on each track's mean time exactly (binomial expansion), so
+    the normal equations stay well conditioned; residuals come from the normal equations
+    (RSS = y'y - beta'X'y, exact for the least-squares beta; ~1e-10 relative error).
+    """
+    st, st2, st3, st4, sh, sht, sht2, shh, sx, sxt, sxx = sums
+    nn = np.maximum(n, 1.0)
+    mid = st / nn
+    mid2 = mid * mid
+    # centred moments: s1 = sum(tau) is 0, s2..s4 and y1, y2 from the raw sums
+    s2 = st2 - mid * st
+    s3 = st3 - 3.0 * mid * st2 + 2.0 * mid2 * st
+    s4 = st4 - 4.0 * mid * st3 + 6.0 * mid2 * st2 - 3.0 * mid2 * mid * st
+    y0 = sh
+    y1 = sht - mid * sh
+    y2 = sht2 - 2.0 * mid * sht + mid2 * sh
+    # Cramer's rule on [[n, 0, s2], [0, s2, s3], [s2, s3, s4]] @ [a, b, c] = [y0, y1, y2]
     m00 = s2 * s4 - s3 * s3
-    m01 = s1 * s4 - s3 * s2
-    m02 = s1 * s3 - s2 * s2
-    det = n * m00 - s1 * m01 + s2 * m02
+    det = n * m00 - s2 * s2 * s2
     ok = np.abs(det) > 1e-12
     det = np.where(ok, det, 1.0)
-    a = (y0 * m00 - s1 * (y1 * s4 - s3 * y2) + s2 * (y1 * s3 - s2 * y2)) / det
-    b = (n * (y1 * s4 - s3 * y2) - y0 * m01 + s2 * (s1 * y2 - y1 * s2)) / det
-    c = (n * (s2 * y2 - y1 * s3) - s1 * (s1 * y2 - y1 * s2) + y0 * m02) / det
-    rss = _rowdot(hw, h) - (a * y0 + b * y1 + c * y2)
+    a = (y0 * m00 + s2 * (y1 * s3 - s2 * y2)) / det
+    b = (n * (y1 * s4 - s3 * y2) + y0 * s3 * s2 - s2 * s2 * y1) / det
+    c = (n * (s2 * y2 - y1 * s3) - y0 * s2 * s2) / det
+    rss = shh - (a * y0 + b * y1 + c * y2)
     dof = np.maximum(n - 3, 1.0)
     resid = np.sqrt(np.maximum(rss, 0.0) / dof)
-    # variance of c: sigma^2 * (inverse)[2, 2] = sigma^2 * (n s2 - s1^2) / det
-    var_c = resid**2 * np.maximum(n * s2 - s1 * s1, 0.0) / det
+    # variance of c: sigma^2 * (inverse)[2, 2] = sigma^2 * n s2 / det
+    var_c = resid**2 * np.maximum(n * s2, 0.0) / det
     g = -2.0 * c
     g_sig = np.where(ok, np.abs(g) / np.maximum(2.0 * np.sqrt(var_c), 1e-9), 0.0)
     # horizontal: x = d + e tau
-    xw = x * w
-    sx = xw.sum(axis=1)
-    sxt = _rowdot(xw, tau)
-    dx = n * s2 - s1 * s1
+    sxc = sxt - mid * sx
+    dx = n * s2
     okx = dx > 1e-12
-    e = np.where(okx, (n * sxt - s1 * sx) / np.where(okx, dx, 1.0), 0.0)
-    d = (sx - e * s1) / nn
-    xrss = _rowdot(xw, x) - (d * sx + e * sxt)
+    e = np.where(okx, (n * sxc) / np.where(okx, dx, 1.0), 0.0)
+    d = sx / nn
+    xrss = sxx - (d * sx + e * sxc)
     xres = np.sqrt(np.maximum(xrss, 0.0) / np.maximum(n - 2, 1))
-    # first / last point times (w is 1 on a prefix of each row)
-    last_i = np.maximum(n.astype(np.int64) - 1, 0)
-    rows = np.arange(t.shape[0])
-    t_first = t[:, 0]
-    t_last = t[rows, last_i]
-    tf, tl = t_first - mid, t_last - mid
+    tf, tl = -mid, t_last - mid
     drop = (a + b * tf + c * tf * tf) - (a + b * tl + c * tl * tl)
     return {
         "a": np.where(ok, a, np.nan),
@@ -532,10 +668,52 @@ def fit_tracks(
         "horizontal_residual_m": xres,
         "horizontal_speed_mps": e,
         "drop_m": np.where(ok, drop, 0.0),
-        "duration_s": t_last - t_first,
+        "duration_s": np.asarray(t_last, dtype=np.float64).copy(),
         "t_mid_s": mid,
-        "t_first_s": t_first,
-        "t_last_s": t_last,
+        "t_first_s": np.zeros_like(mid),
+        "t_last_s": np.asarray(t_last, dtype=np.float64).copy(),
+    }
+
+
+def state_from_points(state: Mapping[str, npt.NDArray[Any]], max_points: int) -> dict[str, Any]:
+    """A version-2 checkpoint's highfall state (each open track's first points, padded)
+    in the version-3 layout: the moments, summed point by point in track order as
+    ``update`` does (times were stored as float32 seconds, so the sums match a live
+    pool's to float32 precision)."""
+    key = np.asarray(state["key_"], dtype=np.int64).reshape(-1)
+    m = key.size
+    n = np.asarray(state["n_points_"], dtype=np.int32).reshape(-1)
+    t0 = np.asarray(state["t0_ms_"], dtype=np.int64).reshape(-1)
+    last = np.asarray(state["last_ms_"], dtype=np.int64).reshape(-1)
+    t = np.asarray(state["t_s_"], dtype=np.float64)
+    h = np.asarray(state["height_m_"], dtype=np.float64)
+    x = np.asarray(state["horizontal_m_"], dtype=np.float64)
+    if t.ndim != 2 or t.shape[0] != m or h.shape != t.shape or x.shape != t.shape:
+        raise ValueError(f"point arrays of shape {t.shape}, {h.shape}, {x.shape} for {m} tracks")
+    if n.size != m or t0.size != m or last.size != m:
+        raise ValueError(f"per-track arrays of sizes {n.size}, {t0.size}, {last.size}, not {m}")
+    p = t.shape[1]
+    n = np.minimum(n, min(p, max_points))
+    first = t[:, 0] if p else np.zeros(m)
+    sums = np.zeros((len(MOMENTS), m), dtype=np.float64)
+    for j in range(min(p, max_points)):
+        on = j < n
+        tj = t[:, j] - first
+        hj, xj = h[:, j], x[:, j]
+        terms = (tj, tj * tj, tj * tj * tj, (tj * tj) * (tj * tj))
+        terms += (hj, hj * tj, hj * (tj * tj), hj * hj, xj, xj * tj, xj * xj)
+        for row, v in enumerate(terms):
+            sums[row] += np.where(on, v, 0.0)
+    t_start = t0 + np.round(first * MS_PER_S).astype(np.int64)
+    kept_last = t[np.arange(m), np.maximum(n - 1, 0)] if p else np.zeros(m)
+    full = np.where(n >= max_points, t0 + np.round(kept_last * MS_PER_S).astype(np.int64), _NO_TIME)
+    return {
+        "key_": key,
+        "n_points_": n.astype(np.int32),
+        "t0_ms_": t_start,
+        "last_ms_": last,
+        "full_ms_": full.astype(np.int64),
+        "moments_": np.ascontiguousarray(sums.T),
     }
 
 

@@ -47,6 +47,9 @@ _N_MASK = (1 << _RUN_SHIFT) - 1
 """E|x - mu| = sigma * sqrt(2/pi) for Gaussian noise, so sigma = mean abs residual * 1.2533."""
 
 
+_NONE = np.zeros(0, dtype=np.intp)
+
+
 class RobustScorer:
     """Robust streaming z-scores for ``n`` independent series (see module docstring)."""
 
@@ -78,6 +81,9 @@ class RobustScorer:
         self.abs_dev_ = np.zeros(n, dtype=np.float64)
         self.meta_ = np.zeros(n, dtype=np.int32)  # readings seen | run << 24 (see _N_MASK)
         self.first_ = np.zeros((n, 2), dtype=np.float64)
+        self.scored: npt.NDArray[np.intp] = _NONE
+        """Rows of the last ``update`` whose score may be above 0 (the others are 0), so
+        a caller can find scores above a positive threshold without a pass over all."""
 
     def state(self) -> dict[str, npt.NDArray[Any]]:
         return {
@@ -93,7 +99,7 @@ class RobustScorer:
             setattr(self, k, v)
 
     def update(
-        self, idx: npt.NDArray[np.intp], x: npt.NDArray[Any]
+        self, idx: npt.NDArray[np.intp] | slice, x: npt.NDArray[Any]
     ) -> tuple[
         npt.NDArray[np.float32],
         npt.NDArray[np.float64],
@@ -101,6 +107,9 @@ class RobustScorer:
         npt.NDArray[np.float64],
     ]:
         """Score then learn one reading per series in ``idx`` (distinct, finite ``x``).
+
+        ``idx`` may be a ``slice`` (a run of consecutive series, step 1): the state is
+        then read through views and written back as one block, without fancy indexing.
 
         Returns ``(score, z, expected, scale)`` per row: ``expected`` and ``scale`` are what
         the reading was compared against, in the reading's unit.
@@ -128,6 +137,7 @@ class RobustScorer:
         z = r / scale
         az = np.abs(z)
         score = np.zeros(m, dtype=np.float32)
+        self.scored = _NONE  # rows whose score may be above 0 (set below)
         # rows that may score, start a level shift or need clipping: one pass finds them
         # all (|z| <= huber_k (1 - 1e-9) guarantees |r| <= huber_k * scale: no clipping)
         lo = min(self.score_z_lo, self.shift_z, self.huber_k * (1.0 - 1e-9))
@@ -142,6 +152,7 @@ class RobustScorer:
                 hot &= warm_c
             if hot.any():
                 h = cand[hot]
+                self.scored = h
                 s = (az[h] - self.score_z_lo) * (1.0 / (self.score_z_hi - self.score_z_lo))
                 np.clip(s, 0.0, 1.0, out=s)
                 score[h] = s
@@ -185,7 +196,7 @@ class RobustScorer:
         new_abs += abs_dev
         if early is not None:
             ne = n[early]
-            ie = idx[early]
+            ie = early + idx.start if isinstance(idx, slice) else idx[early]
             xe = x[early]
             keep = ne < 2
             self.first_[ie[keep], ne[keep]] = xe[keep]

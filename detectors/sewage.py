@@ -31,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from detectors._core import BatchPlan, KindIndex, StateArrays
+from detectors._core import CHUNK_ROWS, BatchPlan, KindIndex, Round, StateArrays, run_slice
 from detectors.config import SewageParams
 from gridwatch.batch import Detections, ReadingBatch
 from gridwatch.domain import DetectionKind, DeviceKind
@@ -107,9 +107,20 @@ class SewageDetector(StateArrays):
                 until = batch.ts_ms[wet] + int(self.params.rain_memory_s * MS_PER_S)
                 np.maximum.at(self.wet_until_ms_, loc[wet], until)
                 np.maximum.at(self.grid_wet_until_ms_, self._grid[loc[wet]], until)
-        return Detections.concat(
-            [self._step(r.loc, r.ts_ms, r.col("level_m"), r.col("tilt_deg")) for r in plan.rounds]
-        )
+        return Detections.concat([self._step(r) for r in plan.rounds])
+
+    def _step(self, r: Round) -> Detections:
+        """One round in chunks of ``CHUNK_ROWS`` rows (see ``detectors.generic``): every
+        check is per manhole (the weather was applied to the whole batch first), so the
+        chunks are independent and their temporaries stay in cache. Detections keep the
+        unchunked order (by kind of check, then row)."""
+        loc, ts = r.loc, r.ts_ms
+        level, tilt = r.col("level_m"), r.col("tilt_deg")
+        found: list[list[Detections]] = [[] for _ in range(5)]
+        for lo in range(0, loc.size, CHUNK_ROWS):
+            hi = lo + CHUNK_ROWS
+            self._rows(loc[lo:hi], ts[lo:hi], level[lo:hi], tilt[lo:hi], found)
+        return Detections.concat([d for part in found for d in part])
 
     def _time_base(self, ts: npt.NDArray[np.int64]) -> None:
         """Keep ring times small: the epoch is aligned to ``_EPOCH_STEP_MS`` blocks.
@@ -132,27 +143,30 @@ class SewageDetector(StateArrays):
             self.ring_.real += np.float32((epoch - new) / MS_PER_S)
             self.epoch_ms_[0] = new
 
-    def _step(
+    def _rows(
         self,
         loc: npt.NDArray[np.intp],
         ts: npt.NDArray[np.int64],
         level: npt.NDArray[np.float32],
         tilt: npt.NDArray[np.float32],
-    ) -> Detections:
+        found: list[list[Detections]],
+    ) -> None:
+        """Rows of distinct manholes; detections into ``found``: cover, flat, forecast,
+        high, blockage."""
         p = self.params
-        parts: list[Detections] = []
         cover = np.flatnonzero(tilt > p.tilt_deg)
         if cover.size:
-            parts.append(self._cover(loc[cover], ts[cover], tilt[cover]))
+            found[0].append(self._cover(loc[cover], ts[cover], tilt[cover]))
         ok = np.isfinite(level)
         if not ok.all():
             i = np.flatnonzero(ok)
             loc, ts, level = loc[i], ts[i], level[i]
         m = loc.size
         if m == 0:
-            return Detections.concat(parts)
+            return
+        at = run_slice(loc)  # state through views for a run of consecutive manholes
         w = p.window_readings
-        seen = self.n_seen_[loc]
+        seen = self.n_seen_[at]
         slot = seen % w  # where this reading goes; the previous one is the slot before
         put = loc * w
         put += slot
@@ -172,39 +186,38 @@ class SewageDetector(StateArrays):
             hi = lo + _RING_CHUNK
             prev[lo:hi] = flat_ring[prev_at[lo:hi]].imag
             flat_ring[put[lo:hi]] = new[lo:hi]
-        seen += 1
-        self.n_seen_[loc] = seen
+        seen = seen + 1  # (a view of the state for a slice: written back below)
+        self.n_seen_[at] = seen
         # flat-line: the same level as the previous reading (exactly, by default)
         same = np.abs(level - prev) <= p.flat_range_m
         same &= seen > 1
         if same.any():
-            flat_n = (np.minimum(self.flat_n_[loc], _FLAT_MAX - 1) + 1) * same
-            self.flat_n_[loc] = flat_n
+            flat_n = (np.minimum(self.flat_n_[at], _FLAT_MAX - 1) + 1) * same
+            self.flat_n_[at] = flat_n
             stuck = np.flatnonzero(flat_n >= p.flat_readings - 1)
             if stuck.size:
                 t = new.real[stuck]
-                parts.append(self._flat(loc[stuck], ts[stuck], t, level[stuck], flat_n[stuck]))
+                found[1].append(self._flat(loc[stuck], ts[stuck], t, level[stuck], flat_n[stuck]))
         else:
-            self.flat_n_[loc] = 0
+            self.flat_n_[at] = 0
         # forecast candidates and high levels, against registry constants
-        cand = np.flatnonzero(level >= self._candidate_m[loc])
+        cand = np.flatnonzero(level >= self._candidate_m[at])
         if cand.size:
-            parts.append(self._forecast(loc[cand], ts[cand], new.real[cand], level[cand]))
+            found[2].append(self._forecast(loc[cand], ts[cand], new.real[cand], level[cand]))
         # a high level is a forecast candidate too unless level_fractions start lower
         maybe_high = cand if self._high_within_candidates else slice(None)
         overflow = self._overflow_m[loc[maybe_high]]
         high = np.flatnonzero(level[maybe_high] >= self._fractions[0] * overflow)
         if high.size:
             rows = high if self._high_within_candidates is False else cand[high]
-            parts.append(self._high(loc[rows], ts[rows], level[rows], overflow[high]))
+            found[3].append(self._high(loc[rows], ts[rows], level[rows], overflow[high]))
         # blockage: the window verdict, re-checked on every reading of a flagged manhole
         wrapped = np.flatnonzero(slot == w - 1)
         if wrapped.size:
             self._window_end(loc[wrapped], ts[wrapped])
-        flagged = np.flatnonzero(self.blocked_[loc])
+        flagged = np.flatnonzero(self.blocked_[at])
         if flagged.size:
-            parts.append(self._blockage(loc[flagged], ts[flagged], level[flagged]))
-        return Detections.concat(parts)
+            found[4].append(self._blockage(loc[flagged], ts[flagged], level[flagged]))
 
     # -- per-reading detections ------------------------------------------------------
 

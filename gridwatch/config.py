@@ -43,6 +43,16 @@ class MqttSettings(_Section):
     password: SecretStr | None = None
     ca_file: Path | None = Field(default=None, description="CA bundle for mqtts://")
     qos: int = Field(default=1, ge=0, le=1, description="subscription QoS, 0 or 1")
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1",
+        description="collector protocol: 3.1.1 costs paho ~40 % less CPU per message; its "
+        "in-flight window is the broker's max_inflight_messages (docs/operations.md)",
+    )
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v  # TOML ``protocol = 5``
 
     @field_validator("url")
     @classmethod

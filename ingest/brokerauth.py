@@ -3,7 +3,10 @@
 The collector checks that a device's readings match its registered grid and kind, but
 only the broker can stop device A from publishing *as* device B. ``broker_auth`` gives
 every device (or every grid's gateway) its own credential whose ACL allows writing only
-its own topics, plus a collector account that may read all telemetry and nothing else.
+its own topics, plus a collector account that may read all telemetry and write the
+alert topics (``{root}/v1/+/alerts/#``): the pipeline logs in with one account
+(``mqtt.username``) for its collector and for the publisher of the alert outbox. No
+device or gateway account may write there, so integrators can trust those topics.
 
 Two ACL styles, because Mosquitto resolves a user's ACL by scanning the file's users:
 
@@ -70,6 +73,11 @@ class AuthFiles:
     users: int
 
 
+def alert_filter(root: str) -> str:
+    """The topics the pipeline publishes alerts to (``contract.alert_topic``), as a filter."""
+    return f"{root}/{VERSION}/+/alerts/#"
+
+
 def mosquitto_hash(
     password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS
 ) -> str:
@@ -117,6 +125,7 @@ def plan_credentials(
             password(collector_user),
             "collector",
             read=(f"{root}/{VERSION}/+/+/+/telemetry", f"{root}/{VERSION}/+/+/batch"),
+            write=(alert_filter(root),),
         )
     ]
     if publisher_user is not None:

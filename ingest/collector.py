@@ -29,7 +29,6 @@ from gridwatch.clock import Clock, SystemClock
 from gridwatch.contract import (
     BINARY_MAGIC,
     VERSION,
-    decode_binary,
     decode_json_batch,
     parse_topic,
 )
@@ -43,7 +42,7 @@ from ingest.dispatch import Dispatcher, DispatcherStoppedError, Flush
 from ingest.ids import DeviceIds
 from ingest.metrics import IngestMetrics
 from ingest.reasons import ROW_REASONS, RowReason
-from ingest.rows import ABSENT, DeviceRows, RawRows, batch_rows
+from ingest.rows import ABSENT, BinaryRows, DeviceRows, RawRows, batch_rows
 from ingest.sinks import BatchSink, DeadLetterSink
 from ingest.validate import Limits, judge
 
@@ -108,6 +107,7 @@ class Collector:
 
         # pending state, reset by every flush
         self._dev_rows = {k: DeviceRows(k) for k in DeviceKind}
+        self._bin_rows = {k: BinaryRows(k) for k in DeviceKind}
         self._chunks: dict[DeviceKind, list[RawRows]] = {k: [] for k in DeviceKind}
         self._m_topic: list[str] = []
         self._m_payload: list[bytes] = []
@@ -249,10 +249,14 @@ class Collector:
             raise PayloadError("bad_shape", "expected an object or a non-empty list of objects")
 
     def _batch_message(self, seq: int, kind: DeviceKind, grid: str, payload: bytes) -> None:
-        if payload[:4] == BINARY_MAGIC:
-            wire = decode_binary(kind, payload)
-        else:
-            wire = decode_json_batch(kind, payload)
+        if payload[:4] == BINARY_MAGIC:  # the gateway format: columns kept until the flush
+            ids = self._bin_rows[kind].add(seq, self._grid_index.get(grid, -1), payload)
+            self._batch_msgs += 1
+            if len(ids):
+                self._m_ids[seq] = ids
+                self._rows_pending += len(ids)
+            return
+        wire = decode_json_batch(kind, payload)
         self._batch_msgs += 1
         n = len(wire)
         if n == 0:
@@ -367,6 +371,7 @@ class Collector:
             marker = f"/{kind.value}/"
             seqs = [i for i, t in enumerate(self._m_topic) if marker in t]
         self._dev_rows[kind].clear()
+        self._bin_rows[kind].clear()
         self._chunks[kind] = []
         for seq in seqs:
             self.rejected["internal_error"] += 1
@@ -383,21 +388,31 @@ class Collector:
 
     def _take_rows(self, kind: DeviceKind) -> RawRows | None:
         parts: list[RawRows] = []
+        sources = 0
         dev_rows = self._dev_rows[kind]
         if len(dev_rows):
             rows, ignored = dev_rows.columns(self._index_of)
             dev_rows.clear()
             parts.append(rows)
+            sources += 1
             if ignored:
                 self.ignored_key_rows += ignored
                 self.metrics.ignored_keys.inc(ignored)
-        mixed = bool(parts) and bool(self._chunks[kind])
-        parts += self._chunks[kind]
-        self._chunks[kind] = []
+        bin_rows = self._bin_rows[kind]
+        if len(bin_rows):
+            try:
+                parts.append(bin_rows.columns(self._index_of))
+                sources += 1
+            finally:
+                bin_rows.clear()
+        if self._chunks[kind]:
+            parts += self._chunks[kind]
+            self._chunks[kind] = []
+            sources += 1
         if not parts:
             return None
         raw = RawRows.concat(kind, parts)
-        if mixed:  # per-device rows and batches interleaved in time: restore arrival order
+        if sources > 1:  # per-device, binary and JSON batches interleaved: arrival order
             raw = raw.take(np.argsort(raw.msg, kind="stable"))
         return raw
 

@@ -62,6 +62,11 @@ class InProcessTransport:
         """True while the consumer thread runs (always True when unthreaded)."""
         return not self._threaded or (self._thread is not None and self._thread.is_alive())
 
+    @property
+    def depth(self) -> int:
+        """Messages waiting for the collector (status and metrics; approximate)."""
+        return self._queue.qsize()
+
     def __call__(self, topic: str, payload: bytes) -> None:
         if not self._threaded:
             self.collector.on_message(topic, payload)

@@ -18,7 +18,7 @@ import struct
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -154,9 +154,20 @@ class ReadingLog:
         return reading_log_last_ts(self.path, self._registry)
 
 
-def read_reading_log(path: str | Path, registry: Registry | None = None) -> Iterator[Any]:
+def read_reading_log(
+    path: str | Path,
+    registry: Registry | None = None,
+    *,
+    index_of: Callable[[Any], npt.NDArray[np.int32]] | None = None,
+) -> Iterator[Any]:
     """Yield ``(kind, device_ids, ts_ms, fields)`` per frame, or ``ReadingBatch`` with dense
-    indexes when ``registry`` is given (unknown ids raise ``StorageError``)."""
+    indexes when ``registry`` is given (unknown ids raise ``StorageError``). ``index_of``:
+    a prepared id lookup (``ingest.ids.DeviceIds``) for callers that read many logs;
+    by default one is built per call."""
+    if registry is not None and index_of is None:
+        from ingest.ids import DeviceIds
+
+        index_of = DeviceIds(registry)
     for payload in _frames(Path(path)):
         try:
             (hlen,) = struct.unpack_from("<I", payload, 4)
@@ -167,7 +178,7 @@ def read_reading_log(path: str | Path, registry: Registry | None = None) -> Iter
         if registry is None:
             yield kind, wire.device_ids, wire.ts_ms, dict(wire.fields)
             continue
-        dev = registry.index_of(wire.device_ids)
+        dev = index_of(wire.device_ids)  # type: ignore[misc]
         if (dev < 0).any():
             raise StorageError(f"{path}: device ids missing from the registry")
         yield ReadingBatch(

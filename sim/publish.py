@@ -11,6 +11,10 @@ never holds more than ``max_pending`` unacknowledged messages (MQTT's packet ids
 65,535; paho refuses more, ``mosquitto_pub -l`` silently drops them), and at QoS 0 it
 waits every ``QOS0_SYNC_EVERY`` messages until the socket has taken the previous ones,
 so a slow broker slows the simulator instead of filling memory.
+
+Per acknowledgement paho rescans every queued message for one to send when its in-flight
+window is limited (``Client._update_inflight``, O(queued) per PUBACK): with
+``max_inflight >= max_pending`` the window is ours alone and paho's is switched off.
 """
 
 from __future__ import annotations
@@ -206,6 +210,7 @@ class MqttPublisher:
         self._last_info: mqtt.MQTTMessageInfo | None = None
         self._sync_info: mqtt.MQTTMessageInfo | None = None
         self._closed = False
+        self._waiters = 0  # threads waiting on _cond: acks notify only when someone waits
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"gridwatch-sim-{time.time_ns() % 10**9}",
@@ -213,7 +218,8 @@ class MqttPublisher:
         )
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
-        client.max_inflight_messages_set(max_inflight)
+        # max_pending already bounds what is unacknowledged; 0 = paho keeps no window
+        client.max_inflight_messages_set(0 if max_inflight >= max_pending else max_inflight)
         client.max_queued_messages_set(0)  # we bound the queue ourselves
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -245,9 +251,12 @@ class MqttPublisher:
             log.warning("mqtt disconnected", extra={"reason": str(reason)})
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        with self._cond:
-            self.acked += 1
-            self._cond.notify_all()
+        # Only this thread writes ``acked``; a waiter registers under the lock before it
+        # checks ``acked``, so either it sees this increment or this sees the waiter.
+        self.acked += 1
+        if self._waiters:
+            with self._cond:
+                self._cond.notify_all()
 
     @property
     def unacked(self) -> int:
@@ -256,9 +265,13 @@ class MqttPublisher:
     def __call__(self, topic: str, payload: bytes) -> None:
         if self.qos == 1 and self.published - self.acked >= self.max_pending:
             with self._cond:
-                while self.published - self.acked >= self.max_pending:
-                    if not self._cond.wait(1.0) and not self._connected.is_set():
-                        log.warning("waiting for the broker", extra={"unacked": self.unacked})
+                self._waiters += 1
+                try:
+                    while self.published - self.acked >= self.max_pending:
+                        if not self._cond.wait(1.0) and not self._connected.is_set():
+                            log.warning("waiting for the broker", extra={"unacked": self.unacked})
+                finally:
+                    self._waiters -= 1
         info = self._client.publish(topic, payload, qos=self.qos)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             raise GridwatchError("paho refused the message: its queue is full")
@@ -289,11 +302,15 @@ class MqttPublisher:
             return self._sync(self._last_info, timeout_s) and self._drain_qos0(timeout_s)
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self.published - self.acked > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.5))
+            self._waiters += 1
+            try:
+                while self.published - self.acked > 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(min(left, 0.5))
+            finally:
+                self._waiters -= 1
         return True
 
     def _drain_qos0(self, timeout_s: float) -> bool:
@@ -319,3 +336,187 @@ class MqttPublisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class GatewayPublisher:
+    """A lean MQTT 3.1.1 QoS 1 publisher for load generation (``bench/e2e.py``).
+
+    The simulated district stands for ~14,000 gateways on other machines; on the bench
+    machine their CPU competes with the pipeline. paho costs ~45 µs per QoS 1 message
+    (a ``MQTTMessage`` + ``MQTTMessageInfo``, a wake-up byte to its own thread, and a
+    ``ReasonCode`` + ``Properties`` per PUBACK); this writes PUBLISH packets into one
+    buffer sent in large writes and counts PUBACKs by parsing the bytes, on the caller's
+    thread. Same wire traffic, same guarantees the bench needs: at most ``max_pending``
+    unacknowledged, ``flush`` waits for every PUBACK. No reconnect: a lost connection
+    raises ``GridwatchError`` (a benchmark run is void then), which is why ``gridwatch
+    sim`` keeps ``MqttPublisher``. Call ``poll()`` while idle (keep-alive).
+    """
+
+    KEEPALIVE_S = 60
+    SEND_BYTES = 64 * 1024
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        max_pending: int = 5_000,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        import socket
+
+        if not 1 <= max_pending <= MAX_UNACKED:
+            raise ConfigError(f"max_pending must be 1..{MAX_UNACKED}, got {max_pending}")
+        self.broker = BrokerUrl.parse(url)
+        self.max_pending = max_pending
+        self.published = 0
+        self.acked = 0
+        self.bytes = 0
+        self._mid = 0
+        self._out = bytearray()
+        self._in = bytearray()
+        self._last_io = time.monotonic()
+        try:
+            self._sock = socket.create_connection(
+                (self.broker.host, self.broker.port), timeout=connect_timeout_s
+            )
+        except OSError as exc:
+            raise GridwatchError(f"cannot connect to MQTT broker {self.broker!r}: {exc}") from exc
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cid = (client_id or f"gridwatch-gw-{time.time_ns() % 10**9}").encode()
+        flags, tail = 0x02, _mqtt_str(cid)  # clean session
+        if self.broker.username:
+            flags |= 0x80
+            tail += _mqtt_str(self.broker.username.encode())
+            if self.broker.password:
+                flags |= 0x40
+                tail += _mqtt_str(self.broker.password.encode())
+        body = _mqtt_str(b"MQTT") + bytes([4, flags]) + self.KEEPALIVE_S.to_bytes(2, "big") + tail
+        self._sock.sendall(b"\x10" + _varint(len(body)) + body)
+        connack = self._recv_exactly(4)
+        if connack[0] != 0x20 or connack[3] != 0:
+            self._sock.close()
+            raise GridwatchError(f"MQTT broker {self.broker!r} refused the connection: {connack!r}")
+        self._sock.setblocking(False)
+
+    @property
+    def unacked(self) -> int:
+        return self.published - self.acked
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self._mid = self._mid % MAX_UNACKED + 1
+        t = topic.encode()
+        n = 2 + len(t) + 2 + len(payload)
+        self._out += b"\x32" + _varint(n) + len(t).to_bytes(2, "big") + t
+        self._out += self._mid.to_bytes(2, "big") + payload
+        self.published += 1
+        self.bytes += len(payload)
+        if len(self._out) >= self.SEND_BYTES or self.unacked >= self.max_pending:
+            self._send()
+            while self.unacked >= self.max_pending:
+                self._read(block=True)
+
+    def poll(self) -> None:
+        """Send what is buffered, count what was acknowledged, keep the connection alive."""
+        if not self._out and time.monotonic() - self._last_io > self.KEEPALIVE_S / 2:
+            self._out += b"\xc0\x00"  # PINGREQ
+        self._send()
+        self._read(block=False)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every message is acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        self._send()
+        while self.unacked > 0 and time.monotonic() < deadline:
+            self._read(block=True, timeout_s=0.2)
+        return self.unacked == 0
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        try:
+            if not self.flush(timeout_s):
+                log.warning("closing with messages unacknowledged", extra={"unacked": self.unacked})
+            self._out += b"\xe0\x00"  # DISCONNECT
+            self._send()
+        except GridwatchError:
+            pass
+        finally:
+            self._sock.close()
+
+    def __enter__(self) -> GatewayPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the socket ----------------------------------------------------------------------
+
+    def _send(self) -> None:
+        import select
+
+        view = memoryview(self._out)
+        sent = 0
+        try:
+            while sent < len(view):
+                try:
+                    sent += self._sock.send(view[sent:])
+                except BlockingIOError:
+                    self._read(block=False)  # the broker may wait for us to read its acks
+                    select.select([self._sock], [self._sock], [], 1.0)
+        except OSError as exc:
+            raise GridwatchError(f"MQTT connection lost: {exc}") from exc
+        finally:
+            view.release()
+            del self._out[:sent]
+        if sent:
+            self._last_io = time.monotonic()
+
+    def _read(self, *, block: bool, timeout_s: float = 1.0) -> None:
+        import select
+
+        if block:
+            select.select([self._sock], [], [], timeout_s)
+        try:
+            data = self._sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise GridwatchError(f"MQTT connection lost: {exc}") from exc
+        if not data:
+            raise GridwatchError("MQTT connection closed by the broker")
+        buf = self._in
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 2:
+            kind, length = buf[pos], buf[pos + 1]
+            if length & 0x80:  # nothing the broker sends us is that long
+                raise GridwatchError(f"unexpected MQTT packet {kind:#x} from the broker")
+            if len(buf) - pos < 2 + length:
+                break
+            if kind == 0x40:
+                self.acked += 1
+            elif kind != 0xD0:  # PINGRESP is fine, anything else is not
+                raise GridwatchError(f"unexpected MQTT packet {kind:#x} from the broker")
+            pos += 2 + length
+        del buf[:pos]
+
+    def _recv_exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self._sock.recv(n - len(data))
+            if not chunk:
+                raise GridwatchError(f"MQTT broker {self.broker!r} closed the connection")
+            data += chunk
+        return data
+
+
+def _mqtt_str(b: bytes) -> bytes:
+    return len(b).to_bytes(2, "big") + b
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)

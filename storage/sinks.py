@@ -10,6 +10,9 @@ a bare COPY costs (the staging path measured at half the rate; see docs/storage.
 SQLite: ``executemany`` of ``INSERT OR IGNORE`` in one transaction per chunk, rows sorted
 by (device, ts) first so the primary-key B-tree is filled in order.
 
+Both mark the minutes they wrote as stale rollups in the chunk's transaction, and
+``refresh_dirty`` refreshes the marked minutes of every writer (``storage.rollups``).
+
 A sink raises ``SinkUnavailableError`` when the database cannot be reached; the caller keeps
 the chunk and retries. Any other exception means the chunk itself was refused.
 """
@@ -30,7 +33,7 @@ from gridwatch.errors import StorageError
 from storage import partitions
 from storage.copybin import encode_rows
 from storage.maintenance import maintain_with, partitioning_mode
-from storage.rollups import refresh_with
+from storage.rollups import mark_dirty_with, refresh_dirty_with, refresh_with
 from storage.rows import Rows, by_kind
 from storage.schema import MS_PER_DAY, TABLES
 
@@ -53,6 +56,7 @@ class WriteResult:
 class Sink(Protocol):
     def write(self, chunk: Sequence[Rows]) -> WriteResult: ...
     def refresh_rollups(self, kind: DeviceKind, lo_ms: int, hi_ms: int) -> int: ...
+    def refresh_dirty(self, until_ms: int | None) -> int | None: ...
     def maintain(self, now_ms: int) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
@@ -128,6 +132,8 @@ class PostgresSink:
                     ins = self._write_kind(conn, kind, rows)
                     inserted += ins
                     duplicates += len(rows) - ins
+                    if not self._timescale:  # the extension refreshes its own aggregate
+                        mark_dirty_with(conn, "postgres", kind, rows.ts_ms)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self.close()
             raise SinkUnavailableError(f"PostgreSQL write failed: {exc}") from exc
@@ -172,6 +178,21 @@ class PostgresSink:
         try:
             with conn.transaction():
                 return refresh_with(conn, "postgres", kind, lo_ms, hi_ms)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.close()
+            raise SinkUnavailableError(f"PostgreSQL rollup refresh failed: {exc}") from exc
+
+    def refresh_dirty(self, until_ms: int | None) -> int | None:
+        """Refresh every writer's stale minutes that ended by ``until_ms`` (None: all);
+        None when another writer holds the refresher's advisory lock."""
+        import psycopg
+
+        conn = self._connection()
+        if self._timescale:
+            return 0
+        try:
+            with conn.transaction():
+                return refresh_dirty_with(conn, "postgres", until_ms)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self.close()
             raise SinkUnavailableError(f"PostgreSQL rollup refresh failed: {exc}") from exc
@@ -241,6 +262,7 @@ class SqliteSink:
                     )
                     inserted += conn.total_changes - before
                     total += len(rows)
+                    mark_dirty_with(conn, "sqlite", kind, rows.ts_ms)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.rollback()
@@ -256,6 +278,22 @@ class SqliteSink:
             conn.execute("BEGIN IMMEDIATE")
             n = refresh_with(conn, "sqlite", kind, lo_ms, hi_ms)
             conn.execute("COMMIT")
+            return n
+        except sqlite3.OperationalError as exc:
+            self.close()
+            raise SinkUnavailableError(f"SQLite rollup refresh failed: {exc}") from exc
+
+    def refresh_dirty(self, until_ms: int | None) -> int | None:
+        """Refresh the stale minutes that ended by ``until_ms`` (None: all)."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = refresh_dirty_with(conn, "sqlite", until_ms)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.rollback()
+                raise
             return n
         except sqlite3.OperationalError as exc:
             self.close()

@@ -17,8 +17,13 @@ skipped by the (device, ts) key. So no accepted reading is lost and none is stor
 ``stop`` spills what it cannot write, and the next writer on the same ``spill_dir``
 replays it. The disk is bounded too (``max_spill_bytes``): past it, back-pressure again.
 
-The worker also refreshes the 1-minute rollups of the minutes it wrote (every
-``rollup_interval_s``), so rollups follow late and replayed readings too.
+The sink marks the minutes of every chunk stale in the chunk's own transaction, and
+every ``rollup_interval_s`` the worker refreshes the stale minutes that ended
+``rollup_grace_s`` ago, whichever writer wrote them (one writer at a time:
+``storage.rollups``), so rollups follow late and replayed readings too. The grace keeps
+the minute still being written from being recomputed at every turn; ``stop`` refreshes
+everything that is marked. While the owner reports raw storage behind (``rollup_defer``)
+refreshes wait, at most ``rollup_max_defer_s``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,10 +42,8 @@ import numpy.typing as npt
 
 from gridwatch.batch import ReadingBatch
 from gridwatch.clock import Clock, SystemClock
-from gridwatch.domain import DeviceKind
 from gridwatch.errors import StorageError
 from storage.partitions import PartitionPolicy
-from storage.rollups import merge_ranges
 from storage.rows import Rows
 from storage.sinks import Sink, SinkUnavailableError, make_sink
 from storage.spill import SpillDir
@@ -96,6 +101,8 @@ class ReadingWriter:
         retry_max_s: float = 10.0,
         linger_s: float = 0.2,
         rollup_interval_s: float | None = 60.0,
+        rollup_grace_s: float = 10.0,
+        rollup_max_defer_s: float = 300.0,
         maintenance_interval_s: float | None = 3600.0,
         policy: PartitionPolicy | None = None,
         clock: Clock | None = None,
@@ -122,6 +129,13 @@ class ReadingWriter:
         self.retry_max_s = retry_max_s
         self.linger_s = linger_s
         self.rollup_interval_s = rollup_interval_s
+        self.rollup_grace_ms = round(rollup_grace_s * 1000)
+        self.rollup_max_defer_s = rollup_max_defer_s
+        self.rollup_defer: Callable[[], bool] | None = None
+        """Set by the owner: True while raw storage is behind (its backlog grows). Rollups
+        are derived and can be recomputed any time, so their refresh waits then, for at
+        most ``rollup_max_defer_s`` since the last one: the database's time goes to the
+        readings first. The marks keep every stale minute meanwhile."""
         self.maintenance_interval_s = maintenance_interval_s
         self.clock = clock or SystemClock()
         self.name = name
@@ -147,7 +161,6 @@ class ReadingWriter:
         self._down = False
         self._retry_at = 0.0
         self._backoff = retry_initial_s
-        self._dirty: dict[DeviceKind, list[tuple[int, int]]] = {}
         self._last_rollup = self.clock.monotonic()
         self._next_maintenance = self.clock.monotonic()  # first pass at start-up
         # Counters (read under the lock by stats()).
@@ -389,7 +402,7 @@ class ReadingWriter:
             )
 
     def _next_timer(self) -> float:
-        if self.rollup_interval_s is None or not self._dirty:
+        if self.rollup_interval_s is None:
             return 0.25
         return self._last_rollup + self.rollup_interval_s - self.clock.monotonic()
 
@@ -483,11 +496,6 @@ class ReadingWriter:
             if from_memory:  # spilled rows left "outstanding" when they reached the disk
                 self._c["outstanding"] -= n
             self._cond.notify_all()
-        for r in chunk:
-            if len(r):
-                self._dirty.setdefault(r.kind, []).append(
-                    (int(r.ts_ms.min()), int(r.ts_ms.max()) + 1)
-                )
 
     def _went_down(self, exc: Exception) -> None:
         if not self._down:
@@ -571,24 +579,40 @@ class ReadingWriter:
         )
 
     def _maybe_refresh_rollups(self, *, force: bool = False) -> None:
-        if self.rollup_interval_s is None or not self._dirty or self._down:
+        if self.rollup_interval_s is None or self._down:
             return
-        if not force and self.clock.monotonic() - self._last_rollup < self.rollup_interval_s:
+        since = self.clock.monotonic() - self._last_rollup
+        if not force and since < self.rollup_interval_s:
             return
-        dirty, self._dirty = self._dirty, {}
+        defer = self.rollup_defer
+        if not force and defer is not None and since < self.rollup_max_defer_s and defer():
+            return
+        until = None if force else self.clock.now_ms() - self.rollup_grace_ms
+        started = time.monotonic()
         try:
-            total = 0
-            for kind, ranges in dirty.items():
-                for lo, hi in merge_ranges(ranges):
-                    total += self._sink.refresh_rollups(kind, lo, hi)
+            total = self._sink.refresh_dirty(until)  # None: another writer is at it
+            for _ in range(10 if force else 0):  # stopping: this turn may be the last
+                if total is not None:
+                    break
+                time.sleep(0.5)
+                total = self._sink.refresh_dirty(until)
         except SinkUnavailableError as exc:
-            for kind, ranges in dirty.items():  # keep them for the next attempt
-                self._dirty.setdefault(kind, []).extend(ranges)
-            self._went_down(exc)
+            self._went_down(exc)  # the marks stay in the database for the next attempt
             return
         self._last_rollup = self.clock.monotonic()
-        with self._cond:
-            self._c["rollup_rows"] += total
+        if total:
+            # a minute of the district is ~3M readings -> 480k rollup rows: seconds of
+            # database time, worth seeing next to the write rate
+            log.info(
+                "rollups refreshed",
+                extra={
+                    "writer": self.name,
+                    "rows": total,
+                    "seconds": round(time.monotonic() - started, 2),
+                },
+            )
+            with self._cond:
+                self._c["rollup_rows"] += total
 
 
 def _split(runs: list[Rows], limit: int) -> tuple[list[Rows], list[Rows]]:

@@ -283,8 +283,9 @@ def _register_broker_auth(sub: Any) -> None:
         help="write Mosquitto password + ACL files from the registry",
         description=(
             "One credential per device (or per grid gateway) that may publish only its own "
-            "topics, and a collector account that reads all telemetry. Passwords are kept "
-            "across runs (credentials.csv). See docs/scaling.md for EMQX."
+            "topics, and a pipeline account that reads all telemetry and writes the alert "
+            "topics. Passwords are kept across runs (credentials.csv). See docs/scaling.md "
+            "for EMQX."
         ),
     )
     p.add_argument("--registry", type=Path, required=True)

@@ -35,6 +35,7 @@ from gridwatch.clock import Clock
 from gridwatch.domain import DetectionKind, DeviceKind, Grade
 from gridwatch.pipeline.checkpoint import Checkpointer
 from gridwatch.pipeline.metrics import PipelineMetrics
+from gridwatch.pipeline.rules_watch import RulesWatcher
 from rules.engine import Changes
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class DetectStage:
         self._grace_ms = round(stream_grace_s * 1000)
         self.sink = _Sink(self)
         self.barrier = _Barrier(self)
+        self.rules_watch: RulesWatcher | None = None  # set by the worker: reload on edit
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -296,6 +298,8 @@ class DetectStage:
     def run_timers(self) -> None:
         """Timer checks at the device-time 'now' (the detect thread, or inline)."""
         self._next_tick = time.monotonic() + self.tick_interval_s
+        if self.rules_watch is not None:
+            self.rules_watch.check()  # here: the engine is this thread's alone
         now_dev = self.tick_now_ms()
         if now_dev is None:
             return  # nothing heard yet: nothing can be offline in device time

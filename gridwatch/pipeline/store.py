@@ -25,6 +25,7 @@ from pathlib import Path
 from gridwatch.batch import ReadingBatch
 from gridwatch.pipeline.metrics import PipelineMetrics
 from gridwatch.registry import Registry
+from ingest.ids import DeviceIds
 from ingest.sinks import ReadingLog, read_reading_log
 from storage.writer import ReadingWriter
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 32 << 20
 """A backlog segment is read back whole, so it is kept small."""
+ROLLUP_DEFER_BYTES = 64 << 20
+"""A backlog this large (~1.5 M readings, half a minute of the district) means the
+database is behind: the writer defers its rollup refreshes (``ReadingWriter.rollup_defer``)."""
 MIN_DRAIN_BYTES = 1 << 20
 """While earlier segments are being committed, the one being written grows to this
 (~25,000 readings) before it is handed on: database commits stay large."""
@@ -53,6 +57,7 @@ class StorageStage:
     ) -> None:
         self.writer = writer
         self.registry = registry
+        self._index_of = DeviceIds(registry)  # built once: the drain maps every row back
         self.dir = Path(backlog_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics = metrics
@@ -102,6 +107,10 @@ class StorageStage:
                 extra={"bytes": left, "dir": str(self.dir)},
             )
 
+    def behind(self) -> bool:
+        """True while the disk backlog holds more than ``ROLLUP_DEFER_BYTES``."""
+        return self.backlog_bytes() > ROLLUP_DEFER_BYTES
+
     # -- the sink (ingest's dispatcher thread) -------------------------------------------
 
     def write(self, batch: ReadingBatch) -> None:
@@ -110,7 +119,8 @@ class StorageStage:
         with self._lock:
             behind = self.writer.stats().outstanding_rows + len(batch) > self.delay_after_rows
             if self._delaying or behind:
-                if not self._delaying:
+                if not self._delaying and self.delay_after_rows > 0:
+                    # (with 0 the backlog is the normal write-ahead path: nothing to warn of)
                     log.warning(
                         "database behind: delaying raw storage to the local backlog",
                         extra={"writer_rows": self.writer.stats().outstanding_rows},
@@ -209,7 +219,7 @@ class StorageStage:
                 self._active = None
                 self._active_path = None
         n = 0
-        for batch in read_reading_log(path, self.registry):
+        for batch in read_reading_log(path, self.registry, index_of=self._index_of):
             self.writer.submit(batch)
             n += len(batch)
             if self._stop.is_set():

@@ -73,6 +73,14 @@ def render(status: dict[str, Any]) -> Group:
             f"writer {s.get('writer_rows', 0)}  backlog {_fmt(s.get('backlog_bytes'), ' B')}"
         )
     )
+    rules = status.get("rules") or {}
+    if rules.get("error"):
+        parts.append(
+            Text(
+                f"rules file refused ({rules['error']}); rules {rules.get('digest')} stay in force",
+                style="bold yellow",
+            )
+        )
     if rejected:
         top = sorted((status.get("rejected") or {}).items(), key=lambda kv: -kv[1])[:4]
         parts.append(Text("rejects  " + "  ".join(f"{k} {v}" for k, v in top), style="dim"))

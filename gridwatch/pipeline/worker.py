@@ -39,6 +39,7 @@ from gridwatch.pipeline.detect import DetectStage
 from gridwatch.pipeline.http import MetricsServer
 from gridwatch.pipeline.metrics import PipelineMetrics, histogram_quantile
 from gridwatch.pipeline.resume import catch_up
+from gridwatch.pipeline.rules_watch import RulesWatcher
 from gridwatch.pipeline.status import StatusReporter, status_path
 from gridwatch.pipeline.store import StorageStage
 from ingest.collector import Collector
@@ -179,8 +180,7 @@ class Worker:
             return "detect thread stopped"
         if self.feeder is not None and self.feeder.error is not None:
             return f"simulator failed: {self.feeder.error!r}"
-        thread = getattr(self.front, "_thread", None)  # MqttCollector has no liveness API
-        if thread is not None and not thread.is_alive():
+        if self.front is not None and not self.front.alive:
             return "MQTT front end stopped"
         return ""
 
@@ -239,9 +239,9 @@ class Worker:
             spill_dir=self.data_dir / "spill" / f"readings-{name}",
             max_memory_rows=s.pipeline.writer_memory_rows,
             commit_rows=min(50_000, s.pipeline.writer_memory_rows),
-            # Rollup refreshes recompute whole minutes for every device: N writers doing
-            # it at once deadlock on the rollup rows. Partition 0 refreshes for all.
-            rollup_interval_s=60.0 if self.partition is None or self.partition[0] == 0 else None,
+            # Every writer marks the minutes it wrote; whichever takes the refresher's lock
+            # refreshes all marked minutes (storage.rollups): one at a time, none missed.
+            rollup_interval_s=60.0,
             name=f"readings-{name}",
         ).start()
         self.store = StorageStage(
@@ -252,6 +252,7 @@ class Worker:
             delay_after_rows=_delay_after_rows(s),
             max_backlog_bytes=s.pipeline.backlog_max_bytes,
         ).start()
+        writer.rollup_defer = self.store.behind  # readings before derived rollups
         stack.callback(self.store.stop)
 
         # detect stage
@@ -287,6 +288,10 @@ class Worker:
         self.caught_up, last_ts = catch_up(
             self.detect, storage, self.registry, keys, since, mine=mine
         )
+        if s.files.rules is not None:  # the shipped defaults are not edited in place
+            self.detect.rules_watch = RulesWatcher(
+                engine, s.files.rules, plan_names=list(plans.plans), registry=self.metrics.registry
+            )
         self.detect.start()
         stack.callback(self.detect.stop)
         log.info(
@@ -303,6 +308,7 @@ class Worker:
         # ingest and the transport (first to stop)
         cfg = IngestConfig(
             root=s.mqtt.root,
+            flush_messages=_flush_messages(s),
             # an accelerated simulator's timestamps run ahead of the wall clock
             max_future_s=None if s.sim.enabled and s.sim.speed != 1.0 else s.pipeline.max_future_s,
         )
@@ -373,6 +379,7 @@ class Worker:
             password=m.password,
             ca_file=str(m.ca_file) if m.ca_file else None,
             qos=m.qos,
+            protocol=m.protocol,
         )
         filters = collector_filters(self.registry, root=m.root, grids=grids)
         self.front = MqttCollector(self.collector, settings, filters)
@@ -404,11 +411,21 @@ class Worker:
 
     def _start_publisher(self, stack: contextlib.ExitStack, storage: Any) -> None:
         from gridwatch.pipeline.publisher import OutboxPump
+        from ingest.mqtt import MqttSettings
 
         m = self.settings.mqtt
         if m.url is None:
             return
-        self.publisher = OutboxPump(storage, m.url, root=m.root, client_id=f"{m.client_id}-alerts")
+        # the collector's account and TLS (broker-auth lets it write the alert topics); MQTT 5
+        # whatever mqtt.protocol says: only 5's PUBACK reports an ACL refusal
+        broker = MqttSettings.from_url(
+            m.url,
+            client_id=f"{m.client_id}-alerts",
+            username=m.username,
+            password=m.password,
+            ca_file=str(m.ca_file) if m.ca_file else None,
+        )
+        self.publisher = OutboxPump(storage, broker, root=m.root)
         self.publisher.start()
         stack.callback(self.publisher.stop)
 
@@ -489,12 +506,13 @@ class Worker:
                 "latency": lat,
             },
             "queues": {
-                "inprocess": self.transport._queue.qsize() if self.transport is not None else 0,
+                "inprocess": self.transport.depth if self.transport is not None else 0,
                 "ingest_handoff": c.dispatcher.depth if c is not None else 0,
                 "detect": d.depth if d is not None else 0,
                 "unacked": self.front.unacked if self.front is not None else 0,
             },
             "dispatch_queues": dict(self._queues),
+            "rules": self._rules_status(),
             "device_lag_s": (
                 round(max(0.0, (self.clock.now_ms() - totals.watermark_ms) / 1000), 1)
                 if totals and totals.watermark_ms
@@ -507,6 +525,14 @@ class Worker:
             "sim": self._sim_status(),
             "rss_mb": round(_rss_mb(), 1),
         }
+
+    def _rules_status(self) -> dict[str, Any] | None:
+        d = self.detect
+        if d is None:
+            return None
+        if d.rules_watch is not None:
+            return d.rules_watch.status()
+        return {"digest": d.dispatcher.engine.ruleset.digest}
 
     def _sim_status(self) -> dict[str, Any] | None:
         f = self.feeder
@@ -549,6 +575,19 @@ def _rss_mb() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+MQTT311_FLUSH_MESSAGES = 400
+"""MQTT 3.1.1 has no Receive Maximum: the broker's ``max_inflight_messages`` (1,000 in
+``deploy/mosquitto.conf``) bounds the unacknowledged messages, and a flush's messages stay
+unacknowledged until it is handed on. Flushing at 400 keeps two flushes inside the window
+(MQTT 5 collectors announce 20,000 and keep ingest's default of 2,000)."""
+
+
+def _flush_messages(s: Settings) -> int:
+    if s.mqtt.url is not None and s.mqtt.protocol == "3.1.1":
+        return MQTT311_FLUSH_MESSAGES
+    return IngestConfig.model_fields["flush_messages"].default  # type: ignore[no-any-return]
 
 
 def _delay_after_rows(s: Settings) -> int:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from detectors._core import KindIndex, device_rounds
 from gridwatch.domain import DeviceKind
 from gridwatch.registry import Registry
+from tests.detectors.conftest import tiny_columns
 
 
 def test_no_repeats_is_one_round_in_device_order() -> None:
@@ -66,3 +67,25 @@ def test_kind_index_maps_both_ways(tiny: Registry) -> None:
     assert ki.local(tiny.index_of(np.array(["sw3", "sw1"]))).tolist() == [2, 0]
     with pytest.raises(ValueError, match="1 readings of devices that are not sewage"):
         ki.local(tiny.index_of(np.array(["sw3", "el1"])))
+
+
+def test_kind_index_of_a_contiguous_kind_rejects_devices_on_both_sides(tiny: Registry) -> None:
+    # the tiny registry lists each kind in one run: local indexes come by subtraction
+    ki = KindIndex(tiny, DeviceKind.SEWAGE)
+    loc = ki.local(tiny.index_of(np.array(["sw4", "sw2", "sw1"])))
+    assert loc.dtype == np.intp
+    assert loc.tolist() == [3, 1, 0]
+    for other in ("el3", "hf1"):  # just below and just above the run
+        with pytest.raises(ValueError, match="1 readings of devices that are not sewage"):
+            ki.local(tiny.index_of(np.array(["sw1", other])))
+
+
+def test_kind_index_of_an_interleaved_kind_maps_the_same(tiny: Registry) -> None:
+    cols = tiny_columns()
+    order = [0, 3, 7, 1, 4, 8, 2, 5, 6]  # elevator, sewage, camera, elevator, ...
+    mixed = Registry({k: [v[i] for i in order] for k, v in cols.items()})
+    ki = KindIndex(mixed, DeviceKind.SEWAGE)
+    assert mixed.device_ids[ki.devices].tolist() == ["sw1", "sw2", "sw3", "sw4"]
+    assert ki.local(mixed.index_of(np.array(["sw4", "sw1", "sw3"]))).tolist() == [3, 0, 2]
+    with pytest.raises(ValueError, match="1 readings of devices that are not sewage"):
+        ki.local(mixed.index_of(np.array(["sw2", "el2"])))

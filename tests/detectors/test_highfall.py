@@ -276,3 +276,79 @@ def test_one_camera_tracking_two_objects_at_once(tiny: Registry, cfg: DetectorCo
     assert dict(zip(ev["track_id"], ev["origin_floor"], strict=True)) == {5.0: 6.0, 6.0: 14.0}
     assert dict(zip(ev["track_id"], ev["points_count"], strict=True)) == {5.0: len(a), 6.0: len(b)}
     assert hf.open_tracks == 0
+
+
+@pytest.mark.parametrize("cuts", [[16], [10, 16, 17], [15, 40], [3, 30]])
+def test_long_track_over_batches_keeps_the_same_first_points(tiny: Registry, cuts: list) -> None:
+    # a batch may end exactly at max_points, or cross it, or arrive after it: the sums
+    # (added point by point in track order) and the verdict equal one batch's, bit for bit
+    cfg = load_config(overrides={"highfall": {"max_points": 16}})
+    t, h, x = drop(20, frame_s=0.04, seed=8)  # ~85 points
+    whole = track(tiny, "hf1", 1, t, h, x)
+    one = HighfallDetector(tiny, cfg.highfall)
+    expected = falling(one.update(whole))
+    many = HighfallDetector(tiny, cfg.highfall)
+    parts = []
+    for lo, hi in itertools.pairwise([0, *cuts, len(whole)]):
+        part = whole.take(np.arange(lo, hi))
+        if hi < len(whole):
+            shadow = HighfallDetector(tiny, cfg.highfall)  # state so far, from one batch
+            shadow.update(whole.take(np.arange(0, hi)))
+            parts.append(many.update(part))
+            for k, v in shadow.state().items():
+                np.testing.assert_array_equal(v, many.state()[k], err_msg=k)
+        else:
+            parts.append(many.update(part))
+    got = falling(Detections.concat(parts))
+    assert len(expected) == len(got) == 1
+    assert got.evidence["points_count"].tolist() == [16]
+    for k, v in expected.evidence.items():
+        np.testing.assert_array_equal(v, got.evidence[k], err_msg=k)
+    # the duration ends at the 16th point, not at the last point seen
+    assert got.evidence["duration_s"][0] == pytest.approx(t[15] - t[0], abs=1e-3)
+
+
+def version_2_state(t_s: np.ndarray, h: np.ndarray, x: np.ndarray, key: int, p: int) -> dict:
+    """What a version-2 detector saved for one open track: its first points, padded."""
+    n = min(t_s.size, p)
+    pad = np.zeros((1, p), np.float32)
+    tt, hh, xx = pad.copy(), pad.copy(), pad.copy()
+    tt[0, :n], hh[0, :n], xx[0, :n] = t_s[:n] - t_s[0], h[:n], x[:n]
+    return {
+        "key_": np.array([key], np.int64),
+        "n_points_": np.array([n], np.int32),
+        "t0_ms_": np.array([T0 + round(t_s[0] * 1000)], np.int64),
+        "last_ms_": np.array([T0 + round(t_s[t_s.size - 1] * 1000)], np.int64),
+        "t_s_": tt,
+        "height_m_": hh,
+        "horizontal_m_": xx,
+    }
+
+
+def test_version_2_point_state_converts_to_the_same_track(
+    tiny: Registry, cfg: DetectorConfig
+) -> None:
+    from detectors.highfall import state_from_points
+
+    t, h, x = drop(12, seed=9)
+    half = t.size // 2
+    whole = track(tiny, "hf2", 4, t, h, x)
+    live = HighfallDetector(tiny, cfg.highfall)
+    live.update(whole.take(np.arange(half)))
+    key = int(tiny.index_of(np.array(["hf2"]))[0]) << 32 | 4
+    # the points as float32 seconds (as version 2 kept them), rounded to frames in ms
+    t_ms = np.round(t[:half] * 1000) / 1000
+    old = version_2_state(t_ms, h[:half], x[:half], key, cfg.highfall.max_points)
+    restored = HighfallDetector(tiny, cfg.highfall)
+    with pytest.raises(ValueError, match="version 2 checkpoint"):
+        restored.load_state(old)  # not silently: the layout differs
+    restored.load_state(state_from_points(old, cfg.highfall.max_points))
+    a, b = live.state(), restored.state()
+    for k in ("key_", "n_points_", "t0_ms_", "last_ms_", "full_ms_"):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    np.testing.assert_allclose(a["moments_"], b["moments_"], rtol=1e-5)
+    rest = whole.take(np.arange(half, len(whole)))
+    da, db = falling(live.update(rest)), falling(restored.update(rest))
+    assert len(da) == len(db) == 1
+    assert db.evidence["origin_floor"].tolist() == da.evidence["origin_floor"].tolist() == [12]
+    assert db.evidence["g_fit_mps2"][0] == pytest.approx(da.evidence["g_fit_mps2"][0], rel=1e-4)

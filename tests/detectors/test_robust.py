@@ -118,3 +118,30 @@ def test_the_scalar_path_is_bit_for_bit_the_vector_path(seed: int) -> None:
         assert (s_v[0], z_v[0], e_v[0], sc_v[0]) == (s_o, z_o, e_o, sc_o)
     for k, arr in vec.state().items():
         np.testing.assert_array_equal(arr, one.state()[k], err_msg=k)
+
+
+def test_a_run_of_series_as_a_slice_equals_its_indexes() -> None:
+    # generic passes a slice for a chunk of consecutive devices (views, no gathers)
+    rng = np.random.default_rng(12)
+    kw = dict(
+        warmup_readings=5,
+        alpha=0.1,
+        trend_beta=0.1,
+        huber_k=3.0,
+        score_z_lo=4.0,
+        score_z_hi=10.0,
+        shift_z=4.0,
+        shift_readings=3,
+        min_scale=0.01,
+    )
+    a, b = RobustScorer(20, **kw), RobustScorer(20, **kw)
+    for step in range(30):  # warm-up (first readings, median of three) and level shifts
+        x = rng.normal(0, 1, 8) + (6.0 if step >= 15 else 0.0)
+        x[step % 8] += 20.0  # an outlier somewhere in the run
+        ra = a.update(np.arange(7, 15), x)
+        rb = b.update(slice(7, 15), x)
+        for u, v in zip(ra, rb, strict=True):
+            np.testing.assert_array_equal(u, v)
+    for k, v in a.state().items():
+        np.testing.assert_array_equal(v, b.state()[k], err_msg=k)
+    assert (a.state()["meta_"][7:15] & 0xFFFFFF).tolist() == [30] * 8

@@ -38,7 +38,10 @@ def test_file_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[storage]\nurl = "mysql://x"\n', r"storage.url = 'mysql://x': .*sqlite:/// or postgresql://"),
+        (
+            '[storage]\nurl = "mysql://x"\n',
+            r"storage.url = 'mysql://x': .*sqlite:/// or postgresql://",
+        ),
         ("[pipeline]\nworkers = 0\n", r"pipeline.workers = 0: .*greater than or equal to 1"),
         ('[pipeline]\npartition = "3/2"\n', r"pipeline.partition = '3/2': .*k/N"),
         ('[mqtt]\nurl = "http://x"\n', r"mqtt.url = 'http://x': .*mqtt://host"),
@@ -57,8 +60,9 @@ def test_mistakes_name_file_key_and_value(tmp_path: Path, text: str, message: st
 
 def test_secrets_are_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "gw.toml"
-    cfg.write_text('[mqtt]\npassword = "topsecret"\n'
-                   '[storage]\nurl = "postgresql://gw:hunter2@db/test"\n')
+    cfg.write_text(
+        '[mqtt]\npassword = "topsecret"\n[storage]\nurl = "postgresql://gw:hunter2@db/test"\n'
+    )
     s = load_settings(cfg)
     assert "topsecret" not in repr(s)
     assert main(["config", "show", "--config", str(cfg)]) == 0
@@ -97,4 +101,26 @@ def test_pipeline_settings_from_env_and_their_bounds(
         load_settings(cfg)
     cfg.write_text("[pipeline]\nmetrics_port = 70000\n")
     with pytest.raises(ConfigError, match=r"pipeline.metrics_port = 70000"):
+        load_settings(cfg)
+
+
+def test_mqtt_protocol_defaults_to_311_and_reaches_the_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gridwatch.pipeline.worker import MQTT311_FLUSH_MESSAGES, _flush_messages
+    from ingest.config import IngestConfig
+
+    assert load_settings().mqtt.protocol == "3.1.1"
+    monkeypatch.setenv("GRIDWATCH_MQTT__PROTOCOL", "5")
+    assert load_settings().mqtt.protocol == "5"
+    monkeypatch.delenv("GRIDWATCH_MQTT__PROTOCOL")
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nprotocol = 5\n')  # a TOML number
+    s = load_settings(cfg)
+    assert s.mqtt.protocol == "5"
+    assert _flush_messages(s) == IngestConfig().flush_messages  # Receive Maximum 20,000
+    cfg.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n')
+    assert _flush_messages(load_settings(cfg)) == MQTT311_FLUSH_MESSAGES  # broker window
+    cfg.write_text('[mqtt]\nprotocol = "4"\n')
+    with pytest.raises(ConfigError, match=r"mqtt.protocol"):
         load_settings(cfg)

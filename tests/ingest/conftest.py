@@ -47,7 +47,9 @@ def live_collector(
     with memory sinks; returns ``(front, sink, dead_letters)``. Stopped at teardown."""
     started: list[Any] = []
 
-    def make(**cfg: Any) -> tuple[MqttCollector, MemorySink, MemoryDeadLetters]:
+    def make(
+        *, protocol: str = "5", **cfg: Any
+    ) -> tuple[MqttCollector, MemorySink, MemoryDeadLetters]:
         host, port = mqtt_broker
         sink, dead = MemorySink(), MemoryDeadLetters()
         collector = Collector(
@@ -57,7 +59,11 @@ def live_collector(
             config=IngestConfig(root=mqtt_root, **cfg),
         )
         settings = MqttSettings(
-            host=host, port=port, client_id=f"test-{mqtt_root}-{len(started)}", session_expiry_s=0
+            host=host,
+            port=port,
+            client_id=f"test-{mqtt_root}-{len(started)}",
+            session_expiry_s=0,
+            protocol=protocol,  # type: ignore[arg-type]
         )
         front = MqttCollector(collector, settings, subscription_filters(None, mqtt_root))
         front.start()

@@ -54,7 +54,7 @@ def test_plan_gives_each_device_only_its_own_topic(small_registry: Registry) -> 
     assert by_user[dev].write == (contract.telemetry_topic(reg.grid_of(d), "sewage", dev),)
     assert by_user[dev].read == ()
     assert by_user["gridwatch-collector"].read == ("gw/v1/+/+/+/telemetry", "gw/v1/+/+/batch")
-    assert by_user["gridwatch-collector"].write == ()
+    assert by_user["gridwatch-collector"].write == ("gw/v1/+/alerts/#",)
     assert "password='***'" in repr(by_user[dev])
     grid_creds = plan_credentials(reg, root="gw", per="grid")
     assert len(grid_creds) == 1 + reg.grid_ids.size

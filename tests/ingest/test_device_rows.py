@@ -165,3 +165,78 @@ def test_every_contract_shape_is_accepted(small_registry: Registry) -> None:
     assert batch.fields["track_id"].tolist() == [17, 17, 17, 0, 0]
     assert batch.fields["end"].tolist()[2] == 1.0
     assert dead.letters == []
+
+
+# -- binary gateway batches: BinaryRows must decode what decode_binary decodes ------------
+
+
+def _gwb1(kind: DeviceKind, ids: list[bytes], ts: list[int], drop: str | None = None) -> bytes:
+    from gridwatch.contract import encode_binary
+
+    n = len(ids)
+    fields = {s.name: np.arange(n, dtype=np.float64) + 0.5 for s in FIELDS[kind] if s.name != drop}
+    return encode_binary(kind, np.array(ids, dtype="S"), np.array(ts, dtype=np.int64), fields)
+
+
+def _binary_rows_or_error(kind: DeviceKind, rows: Any, payload: bytes) -> Any:
+    try:
+        rows.add(7, 3, payload)
+    except PayloadError as exc:
+        return ("error", exc.reason)
+    return "ok"
+
+
+def _contract_or_error(kind: DeviceKind, payload: bytes) -> Any:
+    from gridwatch.contract import decode_binary
+
+    try:
+        return decode_binary(kind, payload)
+    except PayloadError as exc:
+        return ("error", exc.reason)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_binary_rows_match_the_contract_decoder(small_registry: Registry, data: Any) -> None:
+    """Same rows as decode_binary for valid payloads, the same reason for broken ones, also
+    once the header is cached (a truncated or padded payload behind a known header)."""
+    from ingest.ids import DeviceIds
+    from ingest.rows import BinaryRows
+
+    kind = data.draw(st.sampled_from(list(DeviceKind)))
+    ids = [str(x).encode() for x in small_registry.device_ids[:40].tolist()] + [b"nope", b"x" * 9]
+    rows = BinaryRows(kind)
+    index_of = DeviceIds(small_registry)
+    required = [s.name for s in FIELDS[kind] if s.required]
+    for _ in range(data.draw(st.integers(1, 4))):
+        n = data.draw(st.integers(0, 6))
+        chosen = data.draw(st.lists(st.sampled_from(ids), min_size=n, max_size=n))
+        drop = data.draw(st.sampled_from([None, *[s.name for s in FIELDS[kind]]]))
+        payload = _gwb1(kind, chosen, list(range(NOW, NOW + n)), drop)
+        cut = data.draw(st.sampled_from([0, 0, 0, -1, -8, -9, 1, 8, 9]))
+        if cut < 0:
+            payload = payload[:cut]
+        elif cut > 0:
+            payload = payload + b"\0" * cut
+        expect = _contract_or_error(kind, payload)
+        before = len(rows)
+        got = _binary_rows_or_error(kind, rows, payload)
+        if isinstance(expect, tuple):
+            assert got == expect
+            assert len(rows) == before  # nothing half-added
+            continue
+        assert got == "ok"
+        assert len(rows) == before + (1 if n else 0)
+        if not n:
+            continue
+        raw = rows.columns(index_of)
+        tail = slice(len(raw) - n, len(raw))
+        assert raw.msg[tail].tolist() == [7] * n
+        assert raw.topic_grid[tail].tolist() == [3] * n
+        assert raw.device[tail].tolist() == index_of(expect.device_ids).tolist()
+        assert raw.ts_ms[tail].tolist() == expect.ts_ms.tolist()
+        assert raw.code[tail].tolist() == expect.row_error.tolist()
+        if drop in required:
+            assert set(raw.code[tail].tolist()) == {int(RowError.MISSING_FIELD)}
+        for name, col in expect.fields.items():
+            np.testing.assert_array_equal(raw.fields[name][tail], col)

@@ -124,6 +124,11 @@ class _FlakySink:
             raise SinkUnavailableError("down for the test")
         return self.inner.refresh_rollups(kind, lo, hi)  # type: ignore[attr-defined]
 
+    def refresh_dirty(self, until_ms: int | None) -> int | None:
+        if not self.up:
+            raise SinkUnavailableError("down for the test")
+        return self.inner.refresh_dirty(until_ms)  # type: ignore[attr-defined,no-any-return]
+
     def close(self) -> None:
         self.inner.close()  # type: ignore[attr-defined]
 
@@ -245,6 +250,9 @@ class _AckLostSink:
 
     def refresh_rollups(self, kind: DeviceKind, lo: int, hi: int) -> int:
         return self.inner.refresh_rollups(kind, lo, hi)  # type: ignore[attr-defined,no-any-return]
+
+    def refresh_dirty(self, until_ms: int | None) -> int | None:
+        return self.inner.refresh_dirty(until_ms)  # type: ignore[attr-defined,no-any-return]
 
     def maintain(self, now_ms: int) -> dict[str, object]:
         raise RuntimeError("maintenance bug")  # must never stop the writes
