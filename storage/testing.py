@@ -224,8 +224,14 @@ class TcpProxy:
             s.setblocking(False)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
-            self._peers[client] = upstream
-            self._peers[upstream] = client
+            refused = self._cut  # cut while we were connecting upstream: it must not survive
+            if not refused:
+                self._peers[client] = upstream
+                self._peers[upstream] = client
+        if refused:
+            client.close()
+            upstream.close()
+            return
         self._sel.register(client, selectors.EVENT_READ, "peer")
         self._sel.register(upstream, selectors.EVENT_READ, "peer")
 
