@@ -7,9 +7,8 @@ drops one; after a crash between PUBACK and delete a message may be sent twice (
 once, as QoS 1 itself). Payload: the alert summary as JSON with ``event`` = opened |
 upgraded | escalated | cleared.
 
-The publisher connects like the collector (``BrokerConnection``: username and password,
-TLS, protocol); ``ingest.mqtt.MqttSettings`` fits it as it is, ``BrokerOptions`` is the
-same without importing ingest. A production broker (``gridwatch broker-auth``) refuses
+The publisher connects like the collector (``gridwatch.broker.MqttSettings``: username and
+password, TLS, protocol). A production broker (``gridwatch broker-auth``) refuses
 anonymous clients and checks every PUBLISH against its ACL. MQTT 5 (the default) tells
 the publisher about a refused PUBLISH in the PUBACK's reason code ("Not authorized"), so
 such rows stay in the outbox; MQTT 3.1.1 acknowledges a refused PUBLISH like an accepted
@@ -21,61 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from pydantic import SecretStr
 
+from gridwatch.broker import MqttSettings, apply_login
 from gridwatch.contract import DEFAULT_ROOT, alert_topic
 from storage import alerts as db
 
 log = logging.getLogger(__name__)
-
-
-class BrokerConnection(Protocol):
-    """How to reach and log in to the broker (``ingest.mqtt.MqttSettings`` fits)."""
-
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def username(self) -> str | None: ...
-    @property
-    def password(self) -> SecretStr | None: ...
-    @property
-    def tls(self) -> bool: ...
-    @property
-    def ca_file(self) -> str | None: ...
-    @property
-    def cert_file(self) -> str | None: ...
-    @property
-    def key_file(self) -> str | None: ...
-    @property
-    def tls_insecure(self) -> bool: ...
-    @property
-    def protocol(self) -> str: ...
-    @property
-    def keepalive_s(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerOptions:
-    """A ``BrokerConnection`` of the alerts package's own; the password prints as ``**********``."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-    protocol: str = "5"
-    keepalive_s: int = 30
 
 
 class AlertPublishError(ConnectionError):
@@ -86,14 +40,14 @@ class AlertPublisher:
     """Drains the outbox into MQTT. Owns one paho client and its network thread
     (started by ``start()``, stopped by ``stop()``).
 
-    ``broker`` is a host name (anonymous, plain TCP, port ``port``) or a
-    ``BrokerConnection`` carrying credentials and TLS settings.
+    ``broker`` is a host name (anonymous, plain TCP, port ``port``) or ``MqttSettings``
+    carrying credentials and TLS settings.
     """
 
     def __init__(
         self,
         storage: Any,
-        broker: str | BrokerConnection = "127.0.0.1",
+        broker: str | MqttSettings = "127.0.0.1",
         port: int = 1883,
         *,
         root: str = DEFAULT_ROOT,
@@ -101,9 +55,7 @@ class AlertPublisher:
         batch: int = 500,
         ack_timeout_s: float = 10.0,
     ) -> None:
-        conn: BrokerConnection = (
-            BrokerOptions(host=broker, port=port) if isinstance(broker, str) else broker
-        )
+        conn = MqttSettings(host=broker, port=port) if isinstance(broker, str) else broker
         self.storage = storage
         self.broker = conn
         self.host = conn.host
@@ -120,7 +72,7 @@ class AlertPublisher:
         self._client = self._make_client(conn, client_id)
         self._started = False
 
-    def _make_client(self, conn: BrokerConnection, client_id: str) -> mqtt.Client:
+    def _make_client(self, conn: MqttSettings, client_id: str) -> mqtt.Client:
         v5 = conn.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -128,13 +80,7 @@ class AlertPublisher:
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             clean_session=None if v5 else False,
         )
-        if conn.username is not None:
-            client.username_pw_set(
-                conn.username, conn.password.get_secret_value() if conn.password else None
-            )
-        if conn.tls:
-            client.tls_set(ca_certs=conn.ca_file, certfile=conn.cert_file, keyfile=conn.key_file)
-            client.tls_insecure_set(conn.tls_insecure)
+        apply_login(client, conn)
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect

@@ -40,8 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, cast
-from urllib.parse import unquote, urlsplit
+from typing import Any, cast
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
@@ -49,8 +48,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from gridwatch.broker import MqttSettings, apply_login
 from gridwatch.errors import ConfigError
 from ingest.collector import Collector
 from ingest.dispatch import DispatcherStoppedError, Flush
@@ -145,60 +144,6 @@ class _BufferedClient(mqtt.Client):
         with self._msgtime_mutex:
             self._last_bytes_received = time.monotonic()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-
-class MqttSettings(BaseModel):
-    """Connection settings of one collector. ``password`` is masked in reprs and logs."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, gt=0, lt=65536)
-    client_id: str = Field(default="gridwatch-ingest", min_length=1, max_length=128)
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive_s: int = Field(default=30, ge=5, le=65535)
-    session_expiry_s: int = Field(
-        default=86_400, ge=0, le=0xFFFFFFFF, description="how long the broker keeps the session"
-    )
-    receive_maximum: int = Field(
-        default=20_000,
-        ge=1,
-        le=65_535,
-        description="MQTT 5: messages the broker may have in flight",
-    )
-    reconnect_min_s: float = Field(default=0.2, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
-    qos: Literal[0, 1] = 1
-
-    @classmethod
-    def from_url(cls, url: str, **overrides: Any) -> MqttSettings:
-        """``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` turns TLS on, port 8883)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"--mqtt {url!r}: scheme must be mqtt:// or mqtts://")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"--mqtt {url!r}: {exc}") from exc
-        values: dict[str, Any] = {
-            "host": parts.hostname or "127.0.0.1",
-            "port": port or (8883 if tls else 1883),
-            "tls": tls,
-        }
-        if parts.username:
-            values["username"] = unquote(parts.username)
-        if parts.password:
-            values["password"] = SecretStr(unquote(parts.password))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 class MqttCollector:
@@ -319,18 +264,12 @@ class MqttCollector:
             clean_session=None if v5 else False,
             manual_ack=True,
         )
-        if s.username is not None:
-            client.username_pw_set(
-                s.username, s.password.get_secret_value() if s.password else None
-            )
-        if s.tls:
-            client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
-            client.tls_insecure_set(s.tls_insecure)
+        apply_login(client, s)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         if not v5 and isinstance(client, _BufferedClient):
-            client.fast_publish = self._on_publish_fast
+            client.fast_publish = self._deliver
         return client
 
     def _open(self) -> bool:
@@ -437,22 +376,15 @@ class MqttCollector:
             log.info("subscribed", extra={"filters": len(self.filters)})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = msg._topic.decode("utf-8", "replace")  # paho keeps the raw bytes
-        payload = cast(bytes, msg.payload)  # paho hands out bytes
-        if msg.qos:
-            self.received_qos1 += 1
-            self.collector.on_message(topic, payload, msg.mid)
-        else:
-            self.collector.on_message(topic, payload)
+        # paho keeps the topic's raw bytes; decoding them here keeps one path for both
+        self._deliver(msg._topic, cast(bytes, msg.payload), msg.qos, msg.mid)
 
-    def _on_publish_fast(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+    def _deliver(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+        """One received PUBLISH (paho's callback, or ``fast_publish`` on MQTT 3.1.1)."""
         try:
             name = topic.decode("utf-8")
         except UnicodeDecodeError:
-            name = topic.decode("utf-8", "replace")
+            name = topic.decode("utf-8", "replace")  # refused as a bad topic downstream
         if qos:
             self.received_qos1 += 1
             self.collector.on_message(name, payload, mid)

@@ -23,6 +23,7 @@ VOCABULARY = {
     "types",
     "clock",
     "deadletter",
+    "broker",
 }
 ALLOWED = {
     "vocabulary": set(),

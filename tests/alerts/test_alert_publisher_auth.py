@@ -28,9 +28,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import SecretStr
 
-from alerts.mqtt import AlertPublisher, AlertPublishError, BrokerOptions
+from alerts.mqtt import AlertPublisher, AlertPublishError
 from gridwatch import config
 from gridwatch.batch import Detections
+from gridwatch.broker import MqttSettings
 from gridwatch.clock import ManualClock
 from gridwatch.contract import alert_topic
 from gridwatch.domain import DetectionKind as K
@@ -40,7 +41,6 @@ from gridwatch.pipeline.publisher import OutboxPump
 from gridwatch.pipeline.worker import Worker
 from gridwatch.registry import Registry
 from ingest.brokerauth import broker_auth, mosquitto_hash, plan_credentials, read_credentials
-from ingest.mqtt import MqttSettings
 from storage.engine import Storage
 
 pytestmark = pytest.mark.mqtt
@@ -337,14 +337,14 @@ def test_an_account_the_acl_refuses_keeps_the_outbox(
     creds = read_credentials(auth_dir / "credentials.csv")
     _three_alerts(make_dispatcher, small_registry, clock)
     integrator = Integrator(locked_broker.port)
-    sim = BrokerOptions(port=locked_broker.port, username="sim", password=SecretStr(creds["sim"]))
+    sim = MqttSettings(port=locked_broker.port, username="sim", password=SecretStr(creds["sim"]))
     try:
         with AlertPublisher(storage, sim, root="gw", client_id="acl-refused") as pub:
             with pytest.raises(AlertPublishError, match=r"(?i)not authori"):
                 pub.drain()
             assert pub.published == 0 and pub.refused == 1
         assert _outbox(storage) == 3
-        ok = BrokerOptions(
+        ok = MqttSettings(
             port=locked_broker.port,
             username=PIPELINE_USER,
             password=SecretStr(creds[PIPELINE_USER]),
