@@ -99,10 +99,16 @@ def time_param(ms: int, dialect: str) -> Any:
 
 def refresh_with(conn: Any, dialect: str, kind: DeviceKind, lo_ms: int, hi_ms: int) -> int:
     """Refresh whole minutes covering ``[lo_ms, hi_ms)`` on an open connection."""
-    total = 0
     if dialect == "postgres":
         summarize_brin(conn, [kind])
-    for lo, hi in merge_ranges([(lo_ms, hi_ms)]):
+    return _refresh_ranges(conn, dialect, kind, [(lo_ms, hi_ms)])
+
+
+def _refresh_ranges(
+    conn: Any, dialect: str, kind: DeviceKind, ranges: Iterable[tuple[int, int]]
+) -> int:
+    total = 0
+    for lo, hi in merge_ranges(ranges):
         cur = conn.execute(
             refresh_sql(kind, dialect), (time_param(lo, dialect), time_param(hi, dialect))
         )
@@ -169,11 +175,7 @@ def refresh_dirty_with(conn: Any, dialect: str, until_ms: int | None) -> int | N
         kind = kinds.get(kind_name)
         if kind is None:  # not written by gridwatch: nothing to refresh
             continue
-        for lo, hi in merge_ranges((m, m + MS_PER_MINUTE) for m in ms):
-            cur = conn.execute(
-                refresh_sql(kind, dialect), (time_param(lo, dialect), time_param(hi, dialect))
-            )
-            total += max(cur.rowcount, 0)
+        total += _refresh_ranges(conn, dialect, kind, ((m, m + MS_PER_MINUTE) for m in ms))
     return total
 
 

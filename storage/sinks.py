@@ -33,7 +33,7 @@ from gridwatch.errors import StorageError
 from storage import partitions
 from storage.copybin import encode_rows
 from storage.maintenance import maintain_with, partitioning_mode
-from storage.rollups import mark_dirty_with, refresh_dirty_with, refresh_with
+from storage.rollups import mark_dirty_with, refresh_dirty_with
 from storage.rows import Rows, by_kind
 from storage.schema import MS_PER_DAY, TABLES
 
@@ -55,7 +55,6 @@ class WriteResult:
 
 class Sink(Protocol):
     def write(self, chunk: Sequence[Rows]) -> WriteResult: ...
-    def refresh_rollups(self, kind: DeviceKind, lo_ms: int, hi_ms: int) -> int: ...
     def refresh_dirty(self, until_ms: int | None) -> int | None: ...
     def maintain(self, now_ms: int) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -169,19 +168,6 @@ class PostgresSink:
         )
         return inserted
 
-    def refresh_rollups(self, kind: DeviceKind, lo_ms: int, hi_ms: int) -> int:
-        import psycopg
-
-        conn = self._connection()
-        if self._timescale:
-            return 0
-        try:
-            with conn.transaction():
-                return refresh_with(conn, "postgres", kind, lo_ms, hi_ms)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self.close()
-            raise SinkUnavailableError(f"PostgreSQL rollup refresh failed: {exc}") from exc
-
     def refresh_dirty(self, until_ms: int | None) -> int | None:
         """Refresh every writer's stale minutes that ended by ``until_ms`` (None: all);
         None when another writer holds the refresher's advisory lock."""
@@ -271,17 +257,6 @@ class SqliteSink:
             self.close()
             raise SinkUnavailableError(f"SQLite write failed: {exc}") from exc
         return WriteResult(inserted, total - inserted)
-
-    def refresh_rollups(self, kind: DeviceKind, lo_ms: int, hi_ms: int) -> int:
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            n = refresh_with(conn, "sqlite", kind, lo_ms, hi_ms)
-            conn.execute("COMMIT")
-            return n
-        except sqlite3.OperationalError as exc:
-            self.close()
-            raise SinkUnavailableError(f"SQLite rollup refresh failed: {exc}") from exc
 
     def refresh_dirty(self, until_ms: int | None) -> int | None:
         """Refresh the stale minutes that ended by ``until_ms`` (None: all)."""

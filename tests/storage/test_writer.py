@@ -119,11 +119,6 @@ class _FlakySink:
             raise SinkUnavailableError("down for the test")
         return self.inner.write(chunk)  # type: ignore[attr-defined]
 
-    def refresh_rollups(self, kind: DeviceKind, lo: int, hi: int) -> int:
-        if not self.up:
-            raise SinkUnavailableError("down for the test")
-        return self.inner.refresh_rollups(kind, lo, hi)  # type: ignore[attr-defined]
-
     def refresh_dirty(self, until_ms: int | None) -> int | None:
         if not self.up:
             raise SinkUnavailableError("down for the test")
@@ -247,9 +242,6 @@ class _AckLostSink:
             self.lost += 1
             raise SinkUnavailableError("connection lost after COMMIT was sent")
         return result
-
-    def refresh_rollups(self, kind: DeviceKind, lo: int, hi: int) -> int:
-        return self.inner.refresh_rollups(kind, lo, hi)  # type: ignore[attr-defined,no-any-return]
 
     def refresh_dirty(self, until_ms: int | None) -> int | None:
         return self.inner.refresh_dirty(until_ms)  # type: ignore[attr-defined,no-any-return]
