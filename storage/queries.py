@@ -8,6 +8,7 @@ on both backends. A series longer than ``ROLLUP_AFTER_MS`` is answered from the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,13 +19,19 @@ import numpy.typing as npt
 from gridwatch.domain import DeviceKind
 from gridwatch.errors import StorageError
 from storage.rollups import time_param
-from storage.schema import TABLES
+from storage.schema import SECOND_SQL, TABLES
 
 if TYPE_CHECKING:
     from storage.engine import Storage
 
 ROLLUP_AFTER_MS = 6 * 3_600_000
 """Series over more than 6 h come from rollups: 6 h of 1 s elevator data is 21,600 rows."""
+
+LATEST_LOOKBACK_MS = (600_000, 3_600_000, 6 * 3_600_000)
+"""PostgreSQL: a device's latest reading is looked for in the newest 10 min, then 1 h,
+then 6 h. The readings' key leads with the second (migration 0005), so each try is a
+backward scan of that window's part of the index, short for a device that reports; a
+device silent for longer has no "latest" reading unless the caller passes ``since_ms``."""
 
 Resolution = Literal["auto", "raw", "1m"]
 
@@ -92,6 +99,52 @@ def device_info(storage: Storage, device_id: str) -> tuple[int, DeviceKind]:
     return int(row[0]), DeviceKind(row[1])
 
 
+def series_statement(
+    dialect: str,
+    kind: DeviceKind,
+    *,
+    use_rollup: bool,
+    device_id: str,
+    key: int,
+    since_ms: int,
+    until_ms: int,
+    limit: int,
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of ``series`` (exposed so a test can EXPLAIN it)."""
+    d = dialect
+    t = TABLES[kind]
+    if use_rollup:
+        names: Sequence[str] = ("n", *t.rollup_columns())
+        table, tcol = t.rollup, "minute"
+    else:
+        names = t.fields
+        table, tcol = t.name, "ts"
+    where_col = tcol if d == "postgres" else f"{tcol}_ms"
+    cols = ", ".join(f'r."{n}"' for n in names)
+    lo, hi = time_param(since_ms, d), time_param(until_ms, d)
+    keys, key_params = "", ()
+    seconds = "ARRAY(SELECT generate_series(%s::bigint, %s::bigint))"
+    if d == "postgres":
+        # The keys lead with time (migration 0005): one index descent per second (raw) or
+        # minute (rollups) of the range, rather than a scan of every device's rows in it.
+        if use_rollup:
+            keys = (
+                " AND r.minute = ANY(ARRAY(SELECT generate_series("
+                "date_trunc('minute', %s::timestamptz), %s::timestamptz, interval '1 minute')))"
+            )
+            key_params = (lo, hi)
+        else:
+            keys = f" AND {SECOND_SQL} = ANY({seconds})"
+            key_params = (since_ms // 1000, (until_ms - 1) // 1000)
+    query = (
+        f"SELECT %s, {_ts_select(d, tcol)}, {cols} FROM {table} r "
+        f"WHERE r.device = %s AND r.{where_col} >= %s AND r.{where_col} < %s{keys} "
+        f"ORDER BY r.{where_col} LIMIT %s"
+    )
+    params = (device_id, key, lo, hi, *key_params, limit)
+    return query, params
+
+
 def series(
     storage: Storage,
     device_id: str,
@@ -113,21 +166,17 @@ def series(
     use_rollup = resolution == "1m" or (
         resolution == "auto" and until_ms - since_ms > ROLLUP_AFTER_MS
     )
-    d = storage.dialect
-    if use_rollup:
-        names: Sequence[str] = ("n", *t.rollup_columns())
-        table, tcol = t.rollup, "minute"
-    else:
-        names = t.fields
-        table, tcol = t.name, "ts"
-    where_col = tcol if d == "postgres" else f"{tcol}_ms"
-    cols = ", ".join(f'r."{n}"' for n in names)
-    query = (
-        f"SELECT %s, {_ts_select(d, tcol)}, {cols} FROM {table} r "
-        f"WHERE r.device = %s AND r.{where_col} >= %s AND r.{where_col} < %s "
-        f"ORDER BY r.{where_col} LIMIT %s"
+    names = ("n", *t.rollup_columns()) if use_rollup else t.fields
+    query, params = series_statement(
+        storage.dialect,
+        kind,
+        use_rollup=use_rollup,
+        device_id=device_id,
+        key=key,
+        since_ms=since_ms,
+        until_ms=until_ms,
+        limit=limit,
     )
-    params = (device_id, key, time_param(since_ms, d), time_param(until_ms, d), limit)
     with storage.connection(readonly=True) as conn:
         rows = conn.execute(storage.sql(query), params).fetchall()
     return _columns_result(kind, "1m" if use_rollup else "raw", names, rows)
@@ -157,6 +206,8 @@ def last_readings(
     if device_ids is not None:
         if not device_ids:
             return _columns_result(kind, "raw", t.fields, [])
+        if d == "postgres":
+            return _latest_of_devices(storage, kind, device_ids, since_ms)
         where.append(f"dv.device_id IN ({', '.join(['%s'] * len(device_ids))})")
         params.extend(device_ids)
     cond = (" WHERE " + " AND ".join(where)) if where else ""
@@ -175,6 +226,47 @@ def last_readings(
     with storage.connection(readonly=True) as conn:
         rows = conn.execute(storage.sql(query), params).fetchall()
     return _columns_result(kind, "raw", t.fields, rows)
+
+
+def latest_sql(kind: DeviceKind) -> str:
+    """PostgreSQL: one device's newest reading at or after a time; parameters
+    ``(device key, since, since's second)``."""
+    t = TABLES[kind]
+    cols = ", ".join(f'r."{n}"' for n in t.fields)
+    return (
+        f"SELECT {_ts_select('postgres')}, {cols} FROM {t.name} r "
+        f"WHERE r.device = %s AND r.ts >= %s AND {SECOND_SQL} >= %s "
+        f"ORDER BY {SECOND_SQL} DESC, r.ts DESC LIMIT 1"
+    )
+
+
+def _latest_of_devices(
+    storage: Storage, kind: DeviceKind, device_ids: Sequence[str], since_ms: int | None
+) -> ReadingColumns:
+    """PostgreSQL: each device's newest reading by a backward scan of the time-first key.
+
+    The scan is bounded by a window (``since_ms``, else ``LATEST_LOOKBACK_MS`` in turn):
+    without one, a device with no rows would make it read the whole index.
+    """
+    t = TABLES[kind]
+    query = latest_sql(kind)
+    now_ms = time.time_ns() // 1_000_000
+    windows = [since_ms] if since_ms is not None else [now_ms - w for w in LATEST_LOOKBACK_MS]
+    out: list[Any] = []
+    with storage.connection(readonly=True) as conn:
+        found = conn.execute(
+            "SELECT device_id, device_key FROM devices WHERE device_id = ANY(%s)",
+            (list(device_ids),),
+        ).fetchall()
+        for device_id, key in sorted(found):
+            for lo in windows:
+                row = conn.execute(
+                    query, (int(key), time_param(lo, "postgres"), lo // 1000)
+                ).fetchone()
+                if row is not None:
+                    out.append((device_id, *row))
+                    break
+    return _columns_result(kind, "raw", t.fields, out)
 
 
 @dataclass(frozen=True, slots=True)

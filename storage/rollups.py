@@ -53,9 +53,9 @@ def refresh_sql(kind: DeviceKind, dialect: str) -> str:
         return (
             f"INSERT INTO {t.rollup} (device, minute, n, {cols}) "
             f"SELECT device, date_trunc('minute', ts), count(*), {aggs} FROM {t.name} "
-            # in primary-key order: the upsert walks the (device, minute) index once instead
-            # of touching a random leaf per device (measured 3.3 s vs 4.3 s per district minute)
-            "WHERE ts >= %s AND ts < %s GROUP BY 1, 2 ORDER BY 1, 2 "
+            # in primary-key order (minute, device; migration 0005): the upsert fills the
+            # key's newest pages in turn instead of touching a random leaf per device
+            "WHERE ts >= %s AND ts < %s GROUP BY 1, 2 ORDER BY 2, 1 "
             f"ON CONFLICT (device, minute) DO UPDATE SET {sets}"
         )
     return (

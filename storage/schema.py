@@ -20,6 +20,11 @@ ROLLUP_STATS: Final = ("avg", "min", "max")
 """Per field and minute; ``n`` (readings in the minute) is one column for all fields."""
 
 MS_PER_DAY: Final = 86_400_000
+SECOND_SQL: Final = "(floor(date_part('epoch', ts AT TIME ZONE 'UTC'))::bigint)"
+"""The UTC second of ``ts``: the leading column of the PostgreSQL readings tables' unique
+key (migration 0005). Spelled exactly as in the migration: the planner matches a query's
+expression to the index by its parse tree, so a series query that says
+``SECOND_SQL = ANY(seconds)`` descends the index once per second instead of scanning."""
 PG_EPOCH_OFFSET_MS: Final = 946_684_800_000
 """PostgreSQL timestamps count microseconds from 2000-01-01 UTC; Unix epoch ms minus this."""
 
