@@ -28,10 +28,11 @@ ROLLUP_AFTER_MS = 6 * 3_600_000
 """Series over more than 6 h come from rollups: 6 h of 1 s elevator data is 21,600 rows."""
 
 LATEST_LOOKBACK_MS = (600_000, 3_600_000, 6 * 3_600_000)
-"""PostgreSQL: a device's latest reading is looked for in the newest 10 min, then 1 h,
-then 6 h. The readings' key leads with the second (migration 0005), so each try is a
-backward scan of that window's part of the index, short for a device that reports; a
-device silent for longer has no "latest" reading unless the caller passes ``since_ms``."""
+"""PostgreSQL: a device's latest reading is looked for in the 10 min, then 1 h, then 6 h
+before the newest stored reading of its kind (or now, if that is later). The readings'
+key leads with the second (migration 0005), so each try is a backward scan of that
+window's part of the index, short for a device that reports; a device silent for longer
+has no "latest" reading unless the caller passes ``since_ms``."""
 
 Resolution = Literal["auto", "raw", "1m"]
 
@@ -240,6 +241,11 @@ def latest_sql(kind: DeviceKind) -> str:
     )
 
 
+def newest_second_sql(kind: DeviceKind) -> str:
+    """PostgreSQL: the newest stored second of a kind (the key's last entry per partition)."""
+    return f"SELECT {SECOND_SQL} FROM {TABLES[kind].name} ORDER BY 1 DESC LIMIT 1"
+
+
 def _latest_of_devices(
     storage: Storage, kind: DeviceKind, device_ids: Sequence[str], since_ms: int | None
 ) -> ReadingColumns:
@@ -250,10 +256,18 @@ def _latest_of_devices(
     """
     t = TABLES[kind]
     query = latest_sql(kind)
-    now_ms = time.time_ns() // 1_000_000
-    windows = [since_ms] if since_ms is not None else [now_ms - w for w in LATEST_LOOKBACK_MS]
     out: list[Any] = []
     with storage.connection(readonly=True) as conn:
+        if since_ms is not None:
+            windows = [since_ms]
+        else:
+            # Anchored at the newest stored second (a replay of last year's data still has
+            # a latest reading), but not past now: one device with a clock years ahead
+            # must not hide everyone's readings.
+            newest = conn.execute(newest_second_sql(kind)).fetchone()
+            now_ms = time.time_ns() // 1_000_000
+            anchor = now_ms if newest is None else min(now_ms, (int(newest[0]) + 1) * 1000)
+            windows = [anchor - w for w in LATEST_LOOKBACK_MS]
         found = conn.execute(
             "SELECT device_id, device_key FROM devices WHERE device_id = ANY(%s)",
             (list(device_ids),),

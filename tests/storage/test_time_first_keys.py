@@ -20,7 +20,14 @@ import pytest
 from gridwatch.domain import DeviceKind
 from gridwatch.registry import Registry
 from storage.engine import MIGRATIONS_ROOT, Storage
-from storage.queries import device_info, last_readings, latest_sql, series, series_statement
+from storage.queries import (
+    device_info,
+    last_readings,
+    latest_sql,
+    newest_second_sql,
+    series,
+    series_statement,
+)
 from storage.rollups import time_param
 from storage.testing import synthetic_batch, temp_storage
 from storage.writer import ReadingWriter
@@ -70,6 +77,8 @@ def test_series_and_latest_descend_the_time_first_keys(
     plan = _plan(pg_storage, latest_sql(kind), (key, time_param(T0, "postgres"), T0 // 1000))
     assert "Index Scan Backward" in plan and "floor_device_ts" in plan, plan
     assert "Sort  (" not in plan, plan  # the key's order is the answer's: no sort node
+    plan = _plan(pg_storage, newest_second_sql(kind), ())
+    assert "Scan Backward" in plan and "Sort  (" not in plan, plan
     # and the answers are right
     raw = series(pg_storage, dev, T0, T0 + 3_600_000)
     assert raw.ts_ms.tolist() == times and len(times) == 6
@@ -83,10 +92,22 @@ def test_latest_reading_is_looked_for_within_the_lookback(
 ) -> None:
     dev, _ = _write(pg_storage, small_registry, tmp_path)
     assert len(last_readings(pg_storage, KIND, device_ids=[dev])) == 1
-    # the same rows a day older: outside the 6 h lookback unless the caller says since
+    # this device's rows a day older than the rest: outside the 6 h lookback from the
+    # newest stored reading, unless the caller says since
+    key, _ = device_info(pg_storage, dev)
     with pg_storage.connection() as conn:
-        conn.execute(f"UPDATE {'readings_' + KIND.value} SET ts = ts - interval '1 day'")
+        conn.execute(
+            f"UPDATE readings_{KIND.value} SET ts = ts - interval '1 day' WHERE device = %s",
+            (key,),
+        )
     assert len(last_readings(pg_storage, KIND, device_ids=[dev])) == 0
+    # all rows a day older (a replay of yesterday): the lookback follows the newest row
+    with pg_storage.connection() as conn:
+        conn.execute(
+            f"UPDATE readings_{KIND.value} SET ts = ts - interval '1 day' WHERE device <> %s",
+            (key,),
+        )
+    assert len(last_readings(pg_storage, KIND, device_ids=[dev])) == 1
     old = last_readings(pg_storage, KIND, device_ids=[dev], since_ms=T0 - 2 * 86_400_000)
     assert len(old) == 1 and old.ts_ms[0] < T0
 
