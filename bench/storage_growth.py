@@ -63,9 +63,7 @@ def stream_chunks(start_ms: int, seed: int):  # type: ignore[no-untyped-def]
         dev, tsr = order.astype(np.int32), ts[order].astype(np.int64)
         for i in range(0, N_DEVICES, CHUNK):
             d, t = dev[i : i + CHUNK], tsr[i : i + CHUNK]
-            fields = tuple(
-                rng.uniform(s.lo, s.hi, d.size).astype(np.dtype(s.dtype)) for s in specs
-            )
+            fields = tuple(rng.uniform(s.lo, s.hi, d.size).astype(np.dtype(s.dtype)) for s in specs)
             yield Rows(KIND, d + 1, t, fields)  # device keys start at 1
         rnd += 1
 
