@@ -79,7 +79,14 @@ def _register_ingest(sub: Any) -> None:
     auth.add_argument("--key-file", help="client key (mutual TLS)")
     auth.add_argument("--tls-insecure", action="store_true", help="skip hostname verification")
     mq = p.add_argument_group("MQTT session")
-    mq.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    mq.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version (default 5: its Receive Maximum works on any broker; 3.1.1, the "
+        "default of `gridwatch run`, costs less CPU but needs the broker's "
+        "max_inflight_messages >= 2x --flush-messages, see docs/operations.md)",
+    )
     mq.add_argument("--session-expiry-s", type=int, default=86_400, help="MQTT 5 (default 1 day)")
     mq.add_argument("--receive-maximum", type=int, default=20_000, help="MQTT 5 in-flight window")
     mq.add_argument("--keepalive-s", type=int, default=30)
