@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gridwatch.domain import DeviceKind
 from gridwatch.errors import StorageError
-from storage.schema import ROLLUP_STATS, TABLES
+from storage.schema import ROLLUP_STATS, SECOND_SQL, TABLES
 
 if TYPE_CHECKING:
     from storage.engine import Storage
@@ -53,7 +53,9 @@ def hypertable_sql(kind: DeviceKind, policy: TimescalePolicy | None = None) -> l
         f"CREATE TABLE {t.name} (LIKE {native} INCLUDING DEFAULTS)",
         f"SELECT create_hypertable('{t.name}', 'ts', "
         f"chunk_time_interval => INTERVAL '{p.chunk_days} days')",
-        f"CREATE UNIQUE INDEX {t.name}_device_ts ON {t.name} (device, ts)",
+        # the native tables' time-first key (migration 0005): inserts stay on the newest
+        # part of the chunk's index, and the queries' second = ANY(...) descents use it
+        f"CREATE UNIQUE INDEX {t.name}_second_device_ts ON {t.name} ({SECOND_SQL}, device, ts)",
         f"INSERT INTO {t.name} SELECT * FROM {native}",
         f"DROP TABLE {native} CASCADE",
         f"ALTER TABLE {t.name} SET (timescaledb.compress, "

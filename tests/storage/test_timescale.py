@@ -25,7 +25,10 @@ def test_hypertable_sql_for_sewage() -> None:
         "SELECT create_hypertable('readings_sewage', 'ts', "
         "chunk_time_interval => INTERVAL '1 days')" in sql
     )
-    assert "CREATE UNIQUE INDEX readings_sewage_device_ts ON readings_sewage (device, ts)" in sql
+    assert (
+        "CREATE UNIQUE INDEX readings_sewage_second_device_ts ON readings_sewage "
+        "((floor(date_part('epoch', ts AT TIME ZONE 'UTC'))::bigint), device, ts)"
+    ) in sql
     assert "INSERT INTO readings_sewage SELECT * FROM readings_sewage_native" in sql
     assert "timescaledb.compress_segmentby = 'device'" in text
     assert "SELECT add_compression_policy('readings_sewage', INTERVAL '3 days')" in sql
