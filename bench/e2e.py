@@ -56,6 +56,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ingest.testing import OwnBroker  # noqa: E402  (the shipped deploy/mosquitto.conf)
+
 SEED = 20261126
 STEP_WALL_S = 0.5
 CLK = os.sysconf("SC_CLK_TCK")
@@ -233,54 +235,6 @@ class Publisher:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-class OwnBroker:
-    """The machine's mosquitto with the shipped ``deploy/mosquitto.conf`` on a free port."""
-
-    def __init__(self, data_dir: Path) -> None:
-        import getpass
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        lines = []
-        for line in (ROOT / "deploy" / "mosquitto.conf").read_text().splitlines():
-            key = line.split(" ", 1)[0]
-            if key == "listener":
-                line = f"listener {self.port} 127.0.0.1"
-            elif key == "persistence_location":
-                line = f"persistence_location {data_dir}/"
-            elif key == "log_dest":
-                line = f"log_dest file {data_dir / 'mosquitto.log'}"
-            lines.append(line)
-        lines.append(f"user {getpass.getuser()}")
-        self.conf = data_dir / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> OwnBroker:
-        import socket
-
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
 
 
 # -- the bare baseline -------------------------------------------------------------------
@@ -555,7 +509,7 @@ def main() -> int:
         return _bench(args, broker)
     finally:
         if broker is not None:
-            broker.stop()
+            broker.stop(timeout_s=30)
 
 
 def _bench(args: argparse.Namespace, broker: OwnBroker | None) -> int:

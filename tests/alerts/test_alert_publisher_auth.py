@@ -10,10 +10,7 @@ the rows stay in the outbox until a publisher with the right credentials takes t
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -41,28 +38,14 @@ from gridwatch.pipeline.publisher import OutboxPump
 from gridwatch.pipeline.worker import Worker
 from gridwatch.registry import Registry
 from ingest.brokerauth import broker_auth, mosquitto_hash, plan_credentials, read_credentials
+from ingest.testing import OwnBroker
 from storage.engine import Storage
 
 pytestmark = pytest.mark.mqtt
 
-ROOT_DIR = Path(__file__).resolve().parents[2]
 PIPELINE_USER = "gridwatch-collector"
 INTEGRATOR = ("integrator", "integrator-pw")  # an account only this test adds: reads alerts
 sqlite_only = pytest.mark.parametrize("storage", ["sqlite"], indirect=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -73,49 +56,9 @@ def _wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-class LockedBroker:
+def _locked_broker(data_dir: Path, auth_dir: Path, extra: tuple[str, ...] = ()) -> OwnBroker:
     """Mosquitto with ``deploy/mosquitto.conf``, broker-auth's files and ``extra`` lines."""
-
-    def __init__(self, data_dir: Path, auth_dir: Path, extra: tuple[str, ...] = ()) -> None:
-        self.port = _free_port()
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for line in (ROOT_DIR / "deploy" / "mosquitto.conf").read_text().splitlines():
-            key = line.split(" ", 1)[0]
-            if key == "listener":
-                line = f"listener {self.port} 127.0.0.1"
-            elif key == "persistence_location":
-                line = f"persistence_location {data_dir}/"
-            elif key == "log_dest":
-                line = f"log_dest file {data_dir / 'mosquitto.log'}"
-            elif key == "allow_anonymous":
-                line = (auth_dir / "mosquitto-auth.conf").read_text()
-            lines.append(line)
-        conf = data_dir / "mosquitto.conf"
-        conf.write_text("\n".join([*lines, f"user {getpass.getuser()}", *extra]) + "\n")
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 10
-        while not _port_open(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mosquitto did not start:\n{self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        path = self.data_dir / "mosquitto.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    return OwnBroker(data_dir, extra=extra, auth_conf=auth_dir / "mosquitto-auth.conf").start()
 
 
 @pytest.fixture
@@ -139,8 +82,8 @@ def auth_dir(tmp_path: Path, small_registry: Registry) -> Path:
 
 
 @pytest.fixture
-def locked_broker(tmp_path: Path, auth_dir: Path) -> Iterator[LockedBroker]:
-    broker = LockedBroker(tmp_path / "mosquitto", auth_dir)
+def locked_broker(tmp_path: Path, auth_dir: Path) -> Iterator[OwnBroker]:
+    broker = _locked_broker(tmp_path / "mosquitto", auth_dir)
     try:
         yield broker
     finally:
@@ -219,7 +162,7 @@ def test_pump_with_the_pipeline_credentials_delivers_alerts(
     storage: Storage,
     small_registry: Registry,
     clock: ManualClock,
-    locked_broker: LockedBroker,
+    locked_broker: OwnBroker,
     auth_dir: Path,
 ) -> None:
     creds = read_credentials(auth_dir / "credentials.csv")
@@ -251,7 +194,7 @@ def test_the_worker_publishes_alerts_with_the_configured_account(
     storage: Storage,
     small_registry: Registry,
     clock: ManualClock,
-    locked_broker: LockedBroker,
+    locked_broker: OwnBroker,
     auth_dir: Path,
     tmp_path: Path,
 ) -> None:
@@ -287,7 +230,7 @@ def test_wrong_password_keeps_the_outbox_until_the_right_one_publishes_it(
     storage: Storage,
     small_registry: Registry,
     clock: ManualClock,
-    locked_broker: LockedBroker,
+    locked_broker: OwnBroker,
     auth_dir: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -329,7 +272,7 @@ def test_an_account_the_acl_refuses_keeps_the_outbox(
     storage: Storage,
     small_registry: Registry,
     clock: ManualClock,
-    locked_broker: LockedBroker,
+    locked_broker: OwnBroker,
     auth_dir: Path,
 ) -> None:
     """A login that works but may not write alerts (the simulator's) loses nothing: MQTT 5's
@@ -364,7 +307,7 @@ def test_the_password_never_appears_in_log_output(
     storage: Storage,
     small_registry: Registry,
     clock: ManualClock,
-    locked_broker: LockedBroker,
+    locked_broker: OwnBroker,
     auth_dir: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -405,7 +348,7 @@ def test_pump_over_tls_with_a_password(
 ) -> None:
     """``mqtts://`` + ``ca_file`` + password, as ``Worker._start_publisher`` builds them."""
     pki = _pki(tmp_path / "pki")
-    broker = LockedBroker(
+    broker = _locked_broker(
         tmp_path / "tls-broker",
         auth_dir,
         (f"cafile {pki['ca.crt']}", f"certfile {pki['srv.crt']}", f"keyfile {pki['srv.key']}"),

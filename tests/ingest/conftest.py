@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import OwnBroker
 
 from gridwatch.contract import subscription_filters
 from gridwatch.registry import Registry
@@ -15,6 +14,7 @@ from ingest.collector import Collector
 from ingest.config import IngestConfig
 from ingest.mqtt import MqttCollector, MqttSettings
 from ingest.sinks import MemoryDeadLetters, MemorySink
+from ingest.testing import OwnBroker
 
 
 @pytest.fixture

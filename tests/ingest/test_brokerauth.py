@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from ingest_testkit import OwnBroker, child_env, gridwatch_cmd, wait_until
+from ingest_testkit import child_env, gridwatch_cmd, wait_until
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gridwatch import contract
@@ -30,6 +30,7 @@ from ingest.collector import Collector
 from ingest.config import IngestConfig
 from ingest.mqtt import MqttCollector, MqttSettings
 from ingest.sinks import MemorySink
+from ingest.testing import OwnBroker
 
 
 def test_hash_matches_what_mosquitto_passwd_writes(tmp_path: Path) -> None:

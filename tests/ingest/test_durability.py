@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from ingest_testkit import OwnBroker, Publisher, child_env, gridwatch_cmd, wait_until
+from ingest_testkit import Publisher, child_env, gridwatch_cmd, wait_until
 
 from gridwatch import contract
 from gridwatch.domain import DeviceKind
@@ -27,6 +27,7 @@ from ingest.collector import Collector
 from ingest.config import IngestConfig
 from ingest.mqtt import MqttCollector, MqttSettings
 from ingest.sinks import MemoryDeadLetters, MemorySink, read_reading_log
+from ingest.testing import OwnBroker
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 

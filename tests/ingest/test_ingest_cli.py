@@ -11,11 +11,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from ingest_testkit import Publisher, child_env, free_port, gridwatch_cmd, wait_until
+from ingest_testkit import Publisher, child_env, gridwatch_cmd, wait_until
 
 from gridwatch import contract
 from gridwatch.domain import DeviceKind
 from gridwatch.registry import Registry
+from ingest.testing import free_port
 
 
 def _metric(port: int, name: str) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from ingest_testkit import OwnBroker, wait_until
+from ingest_testkit import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gridwatch import contract
@@ -20,6 +20,7 @@ from gridwatch.registry import Registry
 from ingest.collector import Collector
 from ingest.mqtt import MqttCollector, MqttSettings
 from ingest.sinks import MemorySink
+from ingest.testing import OwnBroker
 
 pytestmark = pytest.mark.mqtt
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_testkit import OwnBroker
 
+from ingest.testing import OwnBroker
 from storage.testing import pg_schema
 
 

@@ -7,10 +7,8 @@ destination and user changed); the machine's shared services are never stopped.
 
 from __future__ import annotations
 
-import getpass
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +25,6 @@ from gridwatch.batch import ReadingBatch
 from gridwatch.domain import DeviceKind
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOY_CONF = ROOT / "deploy" / "mosquitto.conf"
 
 ALERT_DEVICE_KIND: dict[str, DeviceKind] = {
     "trapped_passenger": DeviceKind.ELEVATOR,
@@ -41,20 +38,6 @@ ALERT_DEVICE_KIND: dict[str, DeviceKind] = {
     "blockage_suspected": DeviceKind.SEWAGE,
     "falling_object": DeviceKind.HIGHFALL,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
@@ -155,59 +138,6 @@ def running(gw: Gridwatch) -> Iterator[Gridwatch]:
 
 
 # -- brokers of our own ------------------------------------------------------------------
-
-
-def render_conf(port: int, data_dir: Path) -> str:
-    out = []
-    for line in DEPLOY_CONF.read_text().splitlines():
-        key = line.split(" ", 1)[0]
-        if key == "listener":
-            line = f"listener {port} 127.0.0.1"
-        elif key == "persistence_location":
-            line = f"persistence_location {data_dir}/"
-        elif key == "log_dest":
-            line = f"log_dest file {data_dir / 'mosquitto.log'}"
-        out.append(line)
-    out.append(f"user {getpass.getuser()}")
-    return "\n".join(out) + "\n"
-
-
-class OwnBroker:
-    """A Mosquitto of this test: start, stop (SIGTERM saves its sessions), restart."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.conf = data_dir / "mosquitto.conf"
-        self.conf.write_text(render_conf(self.port, data_dir))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> OwnBroker:
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mosquitto did not listen on {self.port}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
-        self.proc = None
 
 
 # -- what the database holds ---------------------------------------------------------------

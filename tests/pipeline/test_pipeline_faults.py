@@ -24,13 +24,14 @@ import pytest
 from pipeline_testkit import (
     Feed,
     Gridwatch,
-    OwnBroker,
     Scenario,
     child_env,
     stored_count,
     verify_pipeline,
     wait_until,
 )
+
+from ingest.testing import OwnBroker
 
 pytestmark = [pytest.mark.slow, pytest.mark.mqtt, pytest.mark.postgres]
 

@@ -23,7 +23,6 @@ import pytest
 from pipeline_testkit import (
     Feed,
     Gridwatch,
-    OwnBroker,
     Scenario,
     child_env,
     stored_count,
@@ -32,6 +31,8 @@ from pipeline_testkit import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from test_pipeline_faults import _ready, _status
+
+from ingest.testing import OwnBroker
 
 pytestmark = [pytest.mark.slow, pytest.mark.mqtt, pytest.mark.postgres]
 
