@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -39,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gridwatch.domain import FIELDS, DeviceKind  # noqa: E402
-from storage.engine import MIGRATIONS_ROOT, Storage  # noqa: E402
+from storage.engine import Storage  # noqa: E402
 from storage.maintenance import maintain  # noqa: E402
 from storage.rows import Rows  # noqa: E402
 from storage.sinks import PostgresSink  # noqa: E402
-from storage.testing import PG_TEST_URL, temp_storage  # noqa: E402
+from storage.testing import PG_TEST_URL, migrations_through, temp_storage  # noqa: E402
 
 KIND = DeviceKind.SEWAGE
 N_DEVICES = 480_000
@@ -103,10 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     now_ms = time.time_ns() // 1_000_000
     result: dict[str, object] = {"bench": "storage_growth", "rows": total, "segment_rows": SEGMENT}
     with tempfile.TemporaryDirectory(prefix="gw-growth-") as tmp:
-        old = Path(tmp) / "0001-0004"
-        old.mkdir()
-        for path in sorted((MIGRATIONS_ROOT / "postgres").glob("000[1-4]_*.sql")):
-            shutil.copy(path, old)
+        old = migrations_through("postgres", 4, Path(tmp) / "0001-0004")
         for name in schemas:
             mdir = None if name == "time_first" else old
             with temp_storage("postgres", pg_url=args.pg_url, migrations_dir=mdir) as s:

@@ -110,8 +110,9 @@ def series_statement(
     since_ms: int,
     until_ms: int,
     limit: int,
-) -> tuple[str, tuple[Any, ...]]:
-    """The SQL and parameters of ``series`` (exposed so a test can EXPLAIN it)."""
+) -> tuple[str, tuple[Any, ...], Sequence[str]]:
+    """The SQL, parameters and value columns of ``series`` (exposed so a test can EXPLAIN
+    the very statement the query runs)."""
     d = dialect
     t = TABLES[kind]
     if use_rollup:
@@ -124,7 +125,6 @@ def series_statement(
     cols = ", ".join(f'r."{n}"' for n in names)
     lo, hi = time_param(since_ms, d), time_param(until_ms, d)
     keys, key_params = "", ()
-    seconds = "ARRAY(SELECT generate_series(%s::bigint, %s::bigint))"
     if d == "postgres":
         # The keys lead with time (migration 0005): one index descent per second (raw) or
         # minute (rollups) of the range, rather than a scan of every device's rows in it.
@@ -135,7 +135,7 @@ def series_statement(
             )
             key_params = (lo, hi)
         else:
-            keys = f" AND {SECOND_SQL} = ANY({seconds})"
+            keys = f" AND {SECOND_SQL} = ANY(ARRAY(SELECT generate_series(%s::bigint, %s::bigint)))"
             key_params = (since_ms // 1000, (until_ms - 1) // 1000)
     query = (
         f"SELECT %s, {_ts_select(d, tcol)}, {cols} FROM {table} r "
@@ -143,7 +143,7 @@ def series_statement(
         f"ORDER BY r.{where_col} LIMIT %s"
     )
     params = (device_id, key, lo, hi, *key_params, limit)
-    return query, params
+    return query, params, names
 
 
 def series(
@@ -163,12 +163,10 @@ def series(
     if until_ms <= since_ms:
         raise ValueError(f"until_ms ({until_ms}) must be after since_ms ({since_ms})")
     key, kind = device_info(storage, device_id)
-    t = TABLES[kind]
     use_rollup = resolution == "1m" or (
         resolution == "auto" and until_ms - since_ms > ROLLUP_AFTER_MS
     )
-    names = ("n", *t.rollup_columns()) if use_rollup else t.fields
-    query, params = series_statement(
+    query, params, names = series_statement(
         storage.dialect,
         kind,
         use_rollup=use_rollup,

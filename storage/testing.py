@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import selectors
+import shutil
 import socket
 import tempfile
 import threading
@@ -34,7 +35,8 @@ import numpy.typing as npt
 from gridwatch.batch import ReadingBatch
 from gridwatch.domain import FIELDS, DeviceKind
 from gridwatch.registry import Registry
-from storage.engine import Storage, open_storage
+from storage.engine import MIGRATIONS_ROOT, Storage, open_storage
+from storage.migrate import discover
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,19 @@ def temp_storage(
                     path.with_name(path.name + suffix).unlink(missing_ok=True)
     else:
         raise ValueError(f"backend must be 'postgres' or 'sqlite', got {backend!r}")
+
+
+def migrations_through(
+    backend: Literal["postgres", "sqlite"], version: int, dest: Path | str
+) -> Path:
+    """A directory holding ``backend``'s migrations up to ``version``: the schema an
+    older release left, to upgrade from in a test or to compare against in a bench."""
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    for mig in discover(MIGRATIONS_ROOT / backend):
+        if mig.version <= version:
+            shutil.copy(mig.path, out)
+    return out
 
 
 class TcpProxy:

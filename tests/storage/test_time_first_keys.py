@@ -10,7 +10,6 @@ queries run, and check an upgraded database keeps its rows and its uniqueness.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from gridwatch.domain import DeviceKind
 from gridwatch.registry import Registry
-from storage.engine import MIGRATIONS_ROOT, Storage
+from storage.engine import Storage
 from storage.queries import (
     device_info,
     last_readings,
@@ -29,7 +28,7 @@ from storage.queries import (
     series_statement,
 )
 from storage.rollups import time_param
-from storage.testing import synthetic_batch, temp_storage
+from storage.testing import migrations_through, synthetic_batch, temp_storage
 from storage.writer import ReadingWriter
 
 T0 = time.time_ns() // 1_000_000 // 60_000 * 60_000 - 30 * 60_000
@@ -61,7 +60,7 @@ def test_series_and_latest_descend_the_time_first_keys(
     key, kind = device_info(pg_storage, dev)
     # (partitions name their copy of the parent's index after its first column: floor_...)
     for use_rollup, index in ((False, "floor_device_ts"), (True, "rollup_1m_sewage_pkey")):
-        sql, params = series_statement(
+        sql, params, _ = series_statement(
             "postgres",
             kind,
             use_rollup=use_rollup,
@@ -115,10 +114,7 @@ def test_latest_reading_is_looked_for_within_the_lookback(
 def test_upgrade_to_time_first_keys_keeps_rows_and_uniqueness(
     tmp_path: Path, pg_url: str, small_registry: Registry
 ) -> None:
-    old = tmp_path / "old"
-    old.mkdir()
-    for path in sorted((MIGRATIONS_ROOT / "postgres").glob("000[1-4]_*.sql")):
-        shutil.copy(path, old)
+    old = migrations_through("postgres", 4, tmp_path / "old")
     with temp_storage("postgres", pg_url=pg_url, tmp_dir=tmp_path, migrate=False) as s:
         s.migrate(old)
         dev, times = _write(s, small_registry, tmp_path)
