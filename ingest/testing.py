@@ -4,7 +4,8 @@ It runs the shipped ``deploy/mosquitto.conf`` on a free loopback port; only the 
 the persistence directory, the log destination and the user change (and, for a broker
 locked down by ``gridwatch broker-auth``, its ``allow_anonymous`` line becomes the
 generated auth config). So what the tests and ``bench/e2e.py`` exercise is the broker
-configuration a deployment gets, never the machine's shared broker.
+configuration a deployment gets, never the machine's shared broker. ``throwaway_pki``
+makes the certificates for a TLS listener on such a broker.
 """
 
 from __future__ import annotations
@@ -113,3 +114,25 @@ class OwnBroker:
     def log(self) -> str:
         path = self.data_dir / "mosquitto.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+def throwaway_pki(d: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1, valid for a day (``openssl`` CLI):
+    ``ca.crt`` for clients, ``srv.crt``/``srv.key`` for the broker's TLS listener."""
+    d.mkdir(parents=True, exist_ok=True)
+    f = {n: d / n for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt", "san.ext")}
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f["ca.key"]),
+            "-out", str(f["ca.crt"]), "-days", "1", "-subj", "/CN=gridwatch test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f["srv.key"]),
+            "-out", str(f["srv.csr"]), "-subj", "/CN=127.0.0.1")  # fmt: skip
+    f["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", str(f["srv.csr"]), "-CA", str(f["ca.crt"]), "-CAkey",
+            str(f["ca.key"]), "-CAcreateserial", "-out", str(f["srv.crt"]), "-days", "1",
+            "-extfile", str(f["san.ext"]))  # fmt: skip
+    for key in ("ca.key", "srv.key"):
+        f[key].chmod(0o600)
+    return f

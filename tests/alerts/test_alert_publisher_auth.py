@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import subprocess
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ from gridwatch.pipeline.publisher import OutboxPump
 from gridwatch.pipeline.worker import Worker
 from gridwatch.registry import Registry
 from ingest.brokerauth import broker_auth, mosquitto_hash, plan_credentials, read_credentials
-from ingest.testing import OwnBroker
+from ingest.testing import OwnBroker, throwaway_pki
 from storage.engine import Storage
 
 pytestmark = pytest.mark.mqtt
@@ -347,7 +346,7 @@ def test_pump_over_tls_with_a_password(
     tmp_path: Path,
 ) -> None:
     """``mqtts://`` + ``ca_file`` + password, as ``Worker._start_publisher`` builds them."""
-    pki = _pki(tmp_path / "pki")
+    pki = throwaway_pki(tmp_path / "pki")
     broker = _locked_broker(
         tmp_path / "tls-broker",
         auth_dir,
@@ -382,24 +381,3 @@ def test_pump_over_tls_with_a_password(
         integrator.close()
         broker.stop()
     assert sorted(t for t, _ in integrator.got) == expected
-
-
-def _pki(d: Path) -> dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1, valid for a day."""
-    d.mkdir(parents=True)
-    f = {n: d / n for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt", "san.ext")}
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f["ca.key"]),
-            "-out", str(f["ca.crt"]), "-days", "1", "-subj", "/CN=gridwatch test CA")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f["srv.key"]),
-            "-out", str(f["srv.csr"]), "-subj", "/CN=127.0.0.1")  # fmt: skip
-    f["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", str(f["srv.csr"]), "-CA", str(f["ca.crt"]), "-CAkey",
-            str(f["ca.key"]), "-CAcreateserial", "-out", str(f["srv.crt"]), "-days", "1",
-            "-extfile", str(f["san.ext"]))  # fmt: skip
-    for key in ("ca.key", "srv.key"):
-        f[key].chmod(0o600)
-    return f

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,35 +19,15 @@ from gridwatch.registry import Registry
 from ingest.collector import Collector
 from ingest.mqtt import MqttCollector, MqttSettings
 from ingest.sinks import MemorySink
-from ingest.testing import OwnBroker
+from ingest.testing import OwnBroker, throwaway_pki
 
 pytestmark = pytest.mark.mqtt
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def _pki(d: Path) -> dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1, valid for a day."""
-    f = {n: d / n for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt", "san.ext")}
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f["ca.key"]),
-             "-out", str(f["ca.crt"]), "-days", "1", "-subj", "/CN=gridwatch test CA")  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f["srv.key"]),
-             "-out", str(f["srv.csr"]), "-subj", "/CN=127.0.0.1")  # fmt: skip
-    f["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(f["srv.csr"]), "-CA", str(f["ca.crt"]), "-CAkey",
-             str(f["ca.key"]), "-CAcreateserial", "-out", str(f["srv.crt"]), "-days", "1",
-             "-extfile", str(f["san.ext"]))  # fmt: skip
-    for key in ("ca.key", "srv.key"):
-        f[key].chmod(0o600)
-    return f
 
 
 def test_collector_over_tls_verifies_the_broker(
     small_registry: Registry, own_broker: Callable[..., OwnBroker], tmp_path: Path
 ) -> None:
-    pki = _pki(tmp_path)
+    pki = throwaway_pki(tmp_path)
     broker = own_broker(
         extra=[f"cafile {pki['ca.crt']}", f"certfile {pki['srv.crt']}", f"keyfile {pki['srv.key']}"]
     )
