@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detectors.config import DetectorConfig, load_config
-from gridwatch.batch import ReadingBatch
+from gridwatch.batch import Detections, ReadingBatch
 from gridwatch.domain import FIELDS, DeviceKind
 from gridwatch.registry import Registry
 
@@ -128,3 +128,14 @@ def elevator_reading(
         occupancy=[occupancy],
         load_kg=[load_kg],
     )
+
+
+def assert_identical_detections(a: Detections, b: Detections) -> None:
+    """The same detections in the same order, bit for bit (a chunked run against a whole one)."""
+    np.testing.assert_array_equal(a.device, b.device)
+    np.testing.assert_array_equal(a.kind, b.kind)
+    np.testing.assert_array_equal(a.ts_ms, b.ts_ms)
+    np.testing.assert_array_equal(a.score, b.score)
+    assert sorted(a.evidence) == sorted(b.evidence)
+    for k in a.evidence:
+        np.testing.assert_array_equal(a.evidence[k], b.evidence[k], err_msg=k)

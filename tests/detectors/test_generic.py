@@ -10,7 +10,7 @@ from detectors.generic import GenericDetector, evidence_name, split_unit
 from gridwatch.batch import Detections
 from gridwatch.domain import DetectionKind, DeviceKind
 from gridwatch.registry import Registry
-from tests.detectors.conftest import T0, batch
+from tests.detectors.conftest import T0, assert_identical_detections, batch
 
 K = DetectionKind
 
@@ -201,13 +201,7 @@ def test_chunked_checks_equal_unchunked(
     assert kinds == {K.OUT_OF_RANGE, K.STUCK} | scored
     chunked, chunked_scores, chunked_state = run(7)
     for a, b in zip(whole, chunked, strict=True):
-        np.testing.assert_array_equal(a.device, b.device)
-        np.testing.assert_array_equal(a.kind, b.kind)
-        np.testing.assert_array_equal(a.ts_ms, b.ts_ms)
-        np.testing.assert_array_equal(a.score, b.score)
-        assert sorted(a.evidence) == sorted(b.evidence)
-        for k in a.evidence:
-            np.testing.assert_array_equal(a.evidence[k], b.evidence[k], err_msg=k)
+        assert_identical_detections(a, b)
     for a, b in zip(whole_scores, chunked_scores, strict=True):
         assert sorted(a) == sorted(b)
         for k in a:

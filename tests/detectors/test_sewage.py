@@ -10,7 +10,7 @@ from detectors.sewage import SewageDetector
 from gridwatch.batch import Detections, ReadingBatch
 from gridwatch.domain import DetectionKind, DeviceKind
 from gridwatch.registry import Registry
-from tests.detectors.conftest import T0, batch
+from tests.detectors.conftest import T0, assert_identical_detections, batch
 
 K = DetectionKind
 NAN = float("nan")
@@ -240,12 +240,6 @@ def test_chunked_rounds_equal_unchunked(monkeypatch: pytest.MonkeyPatch) -> None
     assert len(kinds) >= 3, kinds
     chunked, chunked_state = run(5)
     for a, b in zip(whole, chunked, strict=True):
-        np.testing.assert_array_equal(a.device, b.device)
-        np.testing.assert_array_equal(a.kind, b.kind)
-        np.testing.assert_array_equal(a.ts_ms, b.ts_ms)
-        np.testing.assert_array_equal(a.score, b.score)
-        assert sorted(a.evidence) == sorted(b.evidence)
-        for k in a.evidence:
-            np.testing.assert_array_equal(a.evidence[k], b.evidence[k], err_msg=k)
+        assert_identical_detections(a, b)
     for k, v in whole_state.items():
         np.testing.assert_array_equal(v, chunked_state[k], err_msg=k)
